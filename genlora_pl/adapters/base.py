@@ -1,0 +1,183 @@
+"""The adapter layer every method shares.
+
+An adapter *wraps* an existing layer (``base_layer``) instead of subclassing it, so it can be
+injected into any timm or transformers model. For an input ``x`` it computes
+
+    y = base(x) + s * gate * B @ (A @ dropout(x))
+
+without ever forming the ``m x n`` update ``dW = B @ A``: ``A`` (``r x n``) and ``B`` (``m x r``)
+are applied one after the other, which costs ``O((m + n) r)`` per token. A method only says how
+it produces ``A`` and ``B`` (:meth:`AdapterLayer.factors`); merging, the ``gate`` and
+``temperature`` buffers and the per-layer-type maths live here.
+
+Supported base layers and what ``m``, ``n`` mean for them:
+
+- ``nn.Linear``: weight ``(m, n)``.
+- transformers ``Conv1D`` (GPT-2): weight stored transposed, ``(n, m)``.
+- ``nn.Conv2d`` with ``groups=1``: ``n = in_channels * kh * kw``; ``A`` runs as a convolution with
+  the base kernel size, stride, padding and dilation, ``B`` as a 1x1 convolution.
+"""
+
+from __future__ import annotations
+
+import sys
+import zlib
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genlora_pl.adapters.config import AdapterConfig
+
+
+def conv1d_class() -> type | None:
+    """transformers' ``Conv1D`` if transformers is already imported (a model using it must be)."""
+    module = sys.modules.get("transformers.pytorch_utils")
+    if module is None and "transformers" in sys.modules:
+        import transformers.pytorch_utils as module
+    return getattr(module, "Conv1D", None) if module is not None else None
+
+
+def layer_kind(module: nn.Module) -> str | None:
+    """``"linear"``, ``"conv1d"`` or ``"conv2d"`` for a layer an adapter can wrap, else None."""
+    if isinstance(module, nn.Linear):
+        return "linear"
+    conv1d = conv1d_class()
+    if conv1d is not None and isinstance(module, conv1d):
+        return "conv1d"
+    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
+        return "conv2d"
+    return None
+
+
+SUPPORTED = "nn.Linear, transformers Conv1D and nn.Conv2d (groups=1, zero padding)"
+
+
+def check_supported(path: str, module: nn.Module) -> str:
+    """The layer kind of ``module``, or a TypeError naming the path and the type."""
+    kind = layer_kind(module)
+    if kind is None:
+        detail = ""
+        if isinstance(module, nn.Conv2d):
+            detail = f" with groups={module.groups}, padding_mode={module.padding_mode!r}"
+        raise TypeError(
+            f"cannot adapt {path!r}: it is a {type(module).__module__}.{type(module).__name__}{detail}; "
+            f"adapters wrap {SUPPORTED}."
+        )
+    return kind
+
+
+def layer_dims(module: nn.Module, kind: str) -> tuple[int, int]:
+    """``(m, n)``: output size and input size of the layer's weight seen as a matrix."""
+    w = module.weight
+    if kind == "conv1d":
+        return w.shape[1], w.shape[0]
+    return w.shape[0], w[0].numel()
+
+
+def layer_seed(seed: int, path: str) -> int:
+    """A per-layer seed that depends on the layer's name, not on injection order."""
+    return (seed * 1_000_003 + zlib.crc32(path.encode())) % (2**63)
+
+
+class AdapterLayer(nn.Module):
+    """Base of every adapter: wraps ``base_layer`` and adds ``s * gate * B @ A``.
+
+    Subclasses create their parameters in ``__init__``, initialise them in
+    :meth:`reset_parameters` and return the factors actually used in :meth:`factors`.
+    """
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, path: str) -> None:
+        super().__init__()
+        self.kind = check_supported(path, base_layer)
+        self.base_layer = base_layer
+        self.config = config
+        self.path = path
+        self.r = config.r
+        self.out_features, self.in_features = layer_dims(base_layer, self.kind)
+        self.scaling = config.scaling
+        self.merged = False
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        device = base_layer.weight.device
+        # Annealing knobs; buffers so that checkpoints, DDP and FSDP carry them.
+        self.register_buffer("gate", torch.ones((), device=device))
+        self.register_buffer("temperature", torch.ones((), device=device))
+
+    # ----------------------------------------------------------------- method interface
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(A, B)`` as used by the forward: ``A`` is ``(r, n)``, ``B`` is ``(m, r)``."""
+        raise NotImplementedError
+
+    def reset_parameters(self) -> None:
+        raise NotImplementedError
+
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded from the config seed and this layer's path."""
+        return torch.Generator().manual_seed(layer_seed(self.config.seed, self.path))
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """The method's own trainable parameters (everything outside ``base_layer``)."""
+        return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+
+    # ----------------------------------------------------------------- maths
+    @property
+    def scale(self) -> torch.Tensor:
+        """``s * gate``: what multiplies ``B @ A`` right now."""
+        return self.gate * self.scaling
+
+    def delta_matrix(self) -> torch.Tensor:
+        """``s * gate * B @ A`` as an ``(m, n)`` fp32 matrix (for merge and analysis only)."""
+        a, b = self.factors()
+        return (b.float() @ a.float()) * self.scale.float()
+
+    def delta_weight(self) -> torch.Tensor:
+        """The update in the base weight's own shape and layout, in fp32."""
+        dw = self.delta_matrix()
+        if self.kind == "conv1d":
+            return dw.T
+        return dw.reshape(self.base_layer.weight.shape)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        y = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return y
+        a, b = self.factors()
+        a, b = a.to(x.dtype), b.to(x.dtype)
+        h = self.dropout(x)
+        if self.kind == "conv2d":
+            base = self.base_layer
+            a = a.reshape(self.r, *base.weight.shape[1:])  # (r, c_in, kh, kw)
+            h = F.conv2d(h, a, None, base.stride, base.padding, base.dilation)
+            h = F.conv2d(h, b[:, :, None, None])  # (m, r, 1, 1)
+        else:
+            h = F.linear(F.linear(h, a), b)
+        return y + h * self.scale.to(h.dtype)
+
+    # ----------------------------------------------------------------- merging
+    @torch.no_grad()
+    def merge(self, safe: bool = True) -> None:
+        """Add the update into the base weight (in fp32, cast back to the weight's dtype).
+
+        With ``safe`` the merged weight is checked for NaN/Inf first and the base is left as it
+        was when the check fails. Merging twice is an error, never a silent double update.
+        """
+        if self.merged:
+            raise RuntimeError(f"adapter {self.path!r} is already merged; unmerge it first.")
+        weight = self.base_layer.weight
+        merged = weight.float() + self.delta_weight()
+        if safe and not torch.isfinite(merged).all():
+            raise ValueError(f"refusing to merge adapter {self.path!r}: the merged weight would contain NaN or Inf.")
+        weight.copy_(merged.to(weight.dtype))
+        self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        """Subtract the update that :meth:`merge` added (same gate and temperature assumed)."""
+        if not self.merged:
+            raise RuntimeError(f"adapter {self.path!r} is not merged.")
+        weight = self.base_layer.weight
+        weight.copy_((weight.float() - self.delta_weight()).to(weight.dtype))
+        self.merged = False
+
+    def extra_repr(self) -> str:
+        return f"{self.config.name}: r={self.r}, in={self.in_features}, out={self.out_features}, kind={self.kind}"

@@ -1,0 +1,157 @@
+"""Adapter configurations.
+
+One dataclass per adapter method. Each validates itself in ``__post_init__`` and names the wrong
+value, so a bad YAML or a bad Python call fails before any model is touched. The fields follow
+PEFT's ``LoraConfig`` where the meaning is the same (``r``, ``target_modules``, ``exclude_modules``,
+``modules_to_save``), so users can move between the two without relearning names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+KERNELS = ("gaussian", "inverse_quadratic", "inverse_multiquadric")
+
+
+def _check_patterns(name: str, value: Any, allow_none: bool) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, str):
+        if not value:
+            raise ValueError(f"{name}='' is not valid; give a regex, a list of module names or 'all-linear'.")
+        return
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+        if not value and name == "target_modules":
+            raise ValueError("target_modules=[] selects nothing; give module names, a regex or 'all-linear'.")
+        return
+    raise ValueError(
+        f"{name}={value!r} is not valid; give a list of module names, a regex string"
+        + (" or 'all-linear'." if name == "target_modules" else ".")
+    )
+
+
+@dataclass
+class AdapterConfig:
+    """Settings shared by every adapter method.
+
+    Args:
+        r: rank of the update ``dW = s * B @ A`` (number of basis vectors).
+        alpha: scale numerator; ``s = alpha / r`` (``alpha / sqrt(r)`` with ``rslora``).
+            ``None`` means ``2 * r``, the setting of the method's first measurements.
+        dropout: dropout probability on the adapter's input, in [0, 1).
+        rslora: rank-stabilised scaling ``alpha / sqrt(r)``.
+        target_modules: which layers to adapt. A list matches a module name exactly or as a
+            ``.suffix`` (PEFT's rule); a string is a regex that must match the full name;
+            ``"all-linear"`` takes every ``nn.Linear``, transformers ``Conv1D`` and 1x1
+            ``nn.Conv2d`` except the classifier head.
+        exclude_modules: layers never adapted, same matching rules as ``target_modules``.
+        modules_to_save: modules trained in full and saved with the adapter (a new classifier
+            head, say); matched like a ``target_modules`` list.
+        seed: seed of the adapter initialisation. Each layer draws from its own generator seeded
+            with ``seed`` and its name, so results do not depend on the global RNG or on the
+            order of injection.
+    """
+
+    name: ClassVar[str] = ""
+
+    r: int = 8
+    alpha: float | None = None
+    dropout: float = 0.0
+    rslora: bool = False
+    target_modules: list[str] | str = "all-linear"
+    exclude_modules: list[str] | str | None = None
+    modules_to_save: list[str] | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, tuple):
+            self.target_modules = list(self.target_modules)
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"r={self.r!r} is not valid; the rank must be a positive integer.")
+        if self.alpha is not None:
+            if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)):
+                raise ValueError(f"alpha={self.alpha!r} is not valid; give a positive number or null.")
+            if not math.isfinite(self.alpha) or self.alpha <= 0:
+                raise ValueError(f"alpha={self.alpha!r} is not valid; the scale must be a positive finite number.")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout={self.dropout!r} is not valid; it must lie in [0, 1).")
+        _check_patterns("target_modules", self.target_modules, allow_none=False)
+        _check_patterns("exclude_modules", self.exclude_modules, allow_none=True)
+        if self.modules_to_save is not None and (
+            isinstance(self.modules_to_save, str) or not all(isinstance(v, str) and v for v in self.modules_to_save)
+        ):
+            raise ValueError(f"modules_to_save={self.modules_to_save!r} is not valid; give a list of module names.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed={self.seed!r} is not valid; give an integer.")
+
+    @property
+    def scaling(self) -> float:
+        """``s`` in ``dW = s * B @ A``."""
+        alpha = 2.0 * self.r if self.alpha is None else float(self.alpha)
+        return alpha / math.sqrt(self.r) if self.rslora else alpha / self.r
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields plus the adapter name, the inverse of :func:`config_from_dict`."""
+        return {"adapter": self.name, **dataclasses.asdict(self)}
+
+
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """The classic LoRA baseline: explicit ``A`` (Kaiming-uniform) and ``B`` (zero)."""
+
+    name: ClassVar[str] = "lora"
+
+
+@dataclass
+class GenLoRAConfig(AdapterConfig):
+    """GenLoRA: basis vectors generated by radial basis functions from one latent per matrix.
+
+    Args:
+        group_size: latent coordinates per generated entry (``g``); capacity grows with it.
+        kernel: radial basis function, one of ``gaussian``, ``inverse_quadratic``,
+            ``inverse_multiquadric``.
+        width0: initial kernel width factor; ``eps = width0 * r ** (1 / g)``.
+    """
+
+    name: ClassVar[str] = "genlora"
+
+    r: int = 32
+    group_size: int = 2
+    kernel: str = "gaussian"
+    width0: float = 0.35
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        g = self.group_size
+        if isinstance(g, bool) or not isinstance(g, int) or g <= 0:
+            raise ValueError(f"group_size={g!r} is not valid; it must be a positive integer.")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel={self.kernel!r} is not valid; choose one of {', '.join(KERNELS)}.")
+        w = self.width0
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w <= 0:
+            raise ValueError(f"width0={w!r} is not valid; it must be a positive finite number.")
+
+
+CONFIGS: dict[str, type[AdapterConfig]] = {c.name: c for c in (GenLoRAConfig, LoRAConfig)}
+
+
+def config_class(adapter: str) -> type[AdapterConfig]:
+    """The config class registered under ``adapter``, or a ValueError listing the valid names."""
+    try:
+        return CONFIGS[adapter]
+    except (KeyError, TypeError):
+        raise ValueError(f"adapter={adapter!r} is unknown; choose one of {', '.join(sorted(CONFIGS))}.") from None
+
+
+def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
+    """Rebuild a config written by :meth:`AdapterConfig.to_dict`; unknown keys are an error."""
+    data = dict(data)
+    cls = config_class(data.pop("adapter", None))
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.name} config keys {unknown}; valid keys are {sorted(known)}.")
+    return cls(**data)

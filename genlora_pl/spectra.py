@@ -1,0 +1,202 @@
+"""What the adapters learned: spectra of ``dW``, rank measures, RBF centre drift, parameter counts.
+
+The singular values of ``dW = s B A`` come without forming ``dW``: with ``B = Q_B R_B`` and
+``A^T = Q_A R_A`` (reduced QR), ``dW = s Q_B (R_B R_A^T) Q_A^T`` and the orthonormal factors do not
+change singular values, so ``sigma(dW) = s * sigma(R_B R_A^T)``: an ``r x r`` SVD, ``O((m + n) r^2)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from genlora_pl.adapters import AdapterLayer, GenLoRALayer
+from genlora_pl.injection import adapter_layers, model_config, modules_to_save
+
+
+def effective_rank(sigma: torch.Tensor) -> float:
+    """Entropy effective rank (Roy & Vetterli 2007) of L1-normalised singular values; 0 for zero."""
+    sigma = sigma.double().abs()
+    total = sigma.sum()
+    if total <= 0:
+        return 0.0
+    p = sigma / total
+    p = p[p > 0]
+    return float(torch.exp(-(p * p.log()).sum()))
+
+
+def stable_rank(sigma: torch.Tensor) -> float:
+    """``sum sigma^2 / sigma_max^2``; 0 for the zero matrix."""
+    sigma = sigma.double().abs()
+    top = sigma.max() if sigma.numel() else torch.tensor(0.0)
+    return float((sigma**2).sum() / top**2) if top > 0 else 0.0
+
+
+def energy_rank(sigma: torch.Tensor, energy: float = 0.9) -> int:
+    """Smallest ``k`` whose top-``k`` singular values hold ``energy`` of ``sum sigma^2``."""
+    s2 = torch.sort(sigma.double().abs(), descending=True).values ** 2
+    total = s2.sum()
+    if total <= 0:
+        return 0
+    cumulative = torch.cumsum(s2, 0) / total
+    return int(torch.searchsorted(cumulative, torch.tensor(energy, dtype=cumulative.dtype) - 1e-12).item()) + 1
+
+
+def factor_singular_values(a: torch.Tensor, b: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Singular values of ``scale * b @ a`` (``a``: r x n, ``b``: m x r) by the QR route, descending."""
+    _, r_b = torch.linalg.qr(b.detach().float())  # (min(m, r), r)
+    _, r_a = torch.linalg.qr(a.detach().float().T)  # (min(n, r), r)
+    return torch.linalg.svdvals(r_b @ r_a.T) * abs(scale)
+
+
+@dataclass
+class LayerSpectrum:
+    """Singular values of one layer's ``dW`` and the measures derived from them."""
+
+    singular_values: torch.Tensor
+    weight_norm: float
+
+    @property
+    def effective_rank(self) -> float:
+        return effective_rank(self.singular_values)
+
+    @property
+    def stable_rank(self) -> float:
+        return stable_rank(self.singular_values)
+
+    @property
+    def energy_rank(self) -> int:
+        return energy_rank(self.singular_values)
+
+    @property
+    def top(self) -> float:
+        return float(self.singular_values.max()) if self.singular_values.numel() else 0.0
+
+    @property
+    def relative_norm(self) -> float:
+        """``||dW||_F / ||W0||_F`` (the Frobenius norm is the l2 norm of the singular values)."""
+        return float(self.singular_values.double().norm()) / self.weight_norm if self.weight_norm > 0 else 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "effective_rank": self.effective_rank,
+            "stable_rank": self.stable_rank,
+            "energy_rank": float(self.energy_rank),
+            "top_singular_value": self.top,
+            "relative_norm": self.relative_norm,
+        }
+
+
+@torch.no_grad()
+def layer_spectrum(layer: AdapterLayer) -> LayerSpectrum:
+    a, b = layer.factors()
+    sigma = factor_singular_values(a, b, float(layer.scale))
+    return LayerSpectrum(sigma.cpu(), float(layer.base_layer.weight.detach().float().norm()))
+
+
+def adapter_spectra(model: nn.Module) -> dict[str, LayerSpectrum]:
+    """Per adapted layer, the spectrum of its current update ``dW`` (``gate`` included)."""
+    return {name: layer_spectrum(layer) for name, layer in adapter_layers(model).items()}
+
+
+def _side_drift(layer: GenLoRALayer, init: dict[str, torch.Tensor], side: str) -> dict[str, float]:
+    centers = getattr(layer, f"centers_{side}").detach().float().cpu()
+    latent = getattr(layer, f"latent_{side}").detach().float().cpu()
+    widths = torch.exp(getattr(layer, f"log_widths_{side}").detach().float().cpu()) / float(layer.temperature)
+    moved = (centers - init[f"centers_{side}"]).norm(dim=1)
+    pairwise = torch.cdist(centers, centers)
+    pairwise.fill_diagonal_(float("inf"))
+    u0 = init[f"latent_{side}"]
+    return {
+        "center_drift_mean": float(moved.mean()),
+        "center_drift_max": float(moved.max()),
+        "center_min_distance": float(pairwise.min()) if centers.shape[0] > 1 else float("nan"),
+        "width_mean": float(widths.mean()),
+        "width_min": float(widths.min()),
+        "width_max": float(widths.max()),
+        "latent_drift": float((latent - u0).norm() / u0.norm()),
+    }
+
+
+@torch.no_grad()
+def centre_drift(model: nn.Module) -> dict[str, dict[str, dict[str, float]]]:
+    """RBF centre drift of every GenLoRA layer against its seeded initial values.
+
+    Returns ``{layer: {"A": stats, "B": stats}}`` with the mean and max distance each centre moved,
+    the minimum pairwise centre distance (a collapse alarm), width statistics (effective widths,
+    temperature included) and the relative latent drift ``||U - U0||_F / ||U0||_F``.
+    """
+    out = {}
+    for name, layer in adapter_layers(model).items():
+        if isinstance(layer, GenLoRALayer):
+            init = layer.initial_parameters()
+            out[name] = {side: _side_drift(layer, init, side) for side in ("A", "B")}
+    return out
+
+
+@dataclass
+class LayerParams:
+    name: str
+    kind: str
+    out_features: int
+    in_features: int
+    r: int
+    trainable: int
+    lora_equivalent: int
+
+
+@dataclass
+class ParameterReport:
+    """Trainable parameters per adapted layer beside what a LoRA of the same rank would cost."""
+
+    adapter: str
+    layers: list[LayerParams]
+    head: int
+    total: int
+
+    @property
+    def adapter_params(self) -> int:
+        return sum(layer.trainable for layer in self.layers)
+
+    @property
+    def lora_equivalent(self) -> int:
+        return sum(layer.lora_equivalent for layer in self.layers)
+
+    @property
+    def trainable(self) -> int:
+        return self.adapter_params + self.head
+
+    def __str__(self) -> str:
+        rows = [f"{'layer':<48} {'m x n':>13} {'r':>4} {self.adapter:>10} {'LoRA':>10}"]
+        for layer in self.layers:
+            shape = f"{layer.out_features}x{layer.in_features}"
+            rows.append(
+                f"{layer.name:<48} {shape:>13} {layer.r:>4} {layer.trainable:>10,} {layer.lora_equivalent:>10,}"
+            )
+        rows.append(
+            f"{'adapters (' + str(len(self.layers)) + ' layers)':<48} {'':>13} {'':>4} "
+            f"{self.adapter_params:>10,} {self.lora_equivalent:>10,}"
+        )
+        rows.append(f"modules_to_save: {self.head:,}   trainable: {self.trainable:,}   model total: {self.total:,}")
+        return "\n".join(rows)
+
+
+def parameter_report(model: nn.Module) -> ParameterReport:
+    """Exact trainable-parameter counts of the adapters and the saved modules."""
+    config = model_config(model)
+    layers = [
+        LayerParams(
+            name=name,
+            kind=layer.kind,
+            out_features=layer.out_features,
+            in_features=layer.in_features,
+            r=layer.r,
+            trainable=sum(p.numel() for p in layer.adapter_parameters().values()),
+            lora_equivalent=layer.r * (layer.out_features + layer.in_features),
+        )
+        for name, layer in adapter_layers(model).items()
+    ]
+    head = sum(p.numel() for m in modules_to_save(model, config).values() for p in m.parameters())
+    return ParameterReport(config.name, layers, head, sum(p.numel() for p in model.parameters()))

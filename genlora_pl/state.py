@@ -1,0 +1,215 @@
+"""Adapter state dicts and adapter folders.
+
+An adapter folder holds ``adapter_model.safetensors`` (adapter parameters, ``gate`` and
+``temperature`` buffers, ``modules_to_save`` weights; safetensors cannot carry code, so loading one
+is safe) and ``genlora_config.json`` (the adapter config, the adapted layers with their shapes, and
+the SHA-256 of the weights file so a torn or corrupted pair is caught). Every file is written to a
+temporary name in the same folder and renamed over the old one, so a crash mid-write leaves the
+previous good file intact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genlora_pl.adapters import AdapterConfig, config_from_dict
+from genlora_pl.adapters.base import check_supported, layer_dims
+from genlora_pl.injection import (
+    adapter_layers,
+    inject_adapters,
+    model_config,
+    modules_to_save,
+    selected_layers,
+    unload,
+)
+
+WEIGHTS_NAME = "adapter_model.safetensors"
+CONFIG_NAME = "genlora_config.json"
+FORMAT_VERSION = 1
+
+
+def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Everything an adapter run trained, by full module path: adapter parameters and buffers of
+    every adapted layer plus the parameters of ``modules_to_save``. Tensors are detached views."""
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in adapter_layers(model).items():
+        for key, value in layer.state_dict(keep_vars=False).items():
+            if not key.startswith("base_layer."):
+                state[f"{name}.{key}"] = value
+    for name, module in modules_to_save(model, model_config(model)).items():
+        for key, value in module.state_dict().items():
+            state[f"{name}.{key}"] = value
+    return state
+
+
+def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
+    """Copy ``state`` into the model's adapters, all or nothing.
+
+    Raises:
+        ValueError: a key is missing or unexpected, or a shape differs; the message names them.
+            Nothing is copied unless every key and shape matches.
+    """
+    own = adapter_state_dict(model)
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing key(s) such as {missing[:3]}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected key(s) such as {unexpected[:3]}")
+        raise ValueError(
+            f"{source} does not fit this model's adapters: {' and '.join(parts)}; "
+            "it was saved for another backbone or another target set."
+        )
+    for key, value in own.items():
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise ValueError(
+                f"{source} does not fit this model's adapters: {key} has shape {tuple(state[key].shape)} "
+                f"there but {tuple(value.shape)} here; it was saved with another rank, group size or backbone."
+            )
+    with torch.no_grad():
+        for key, value in own.items():
+            value.copy_(state[key].to(dtype=value.dtype, device=value.device))
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then rename over ``path``; a failure leaves ``path`` untouched."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+
+
+def load_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    """Load a safetensors file; a damaged file is a ValueError that names it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"cannot read adapter weights {path}: the file is truncated or not safetensors ({err})."
+        ) from None
+
+
+def _describe(model: nn.Module) -> dict[str, Any]:
+    layers = adapter_layers(model)
+    return {
+        "format_version": FORMAT_VERSION,
+        "backbone": type(model).__name__,
+        "layers": {n: [layer.out_features, layer.in_features] for n, layer in layers.items()},
+    }
+
+
+def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
+    """Write the model's adapter to ``directory`` (created if needed); returns the folder."""
+    config = model_config(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = directory / WEIGHTS_NAME
+    save_safetensors(adapter_state_dict(model), weights, metadata={"format": "pt", "adapter": config.name})
+    meta = {**_describe(model), "config": config.to_dict(), "weights_sha256": _sha256(weights)}
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+    return directory
+
+
+def read_adapter_config(directory: str | os.PathLike) -> tuple[AdapterConfig, dict[str, Any]]:
+    """The config and the metadata of an adapter folder, checked for readability."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}.")
+    try:
+        meta = json.loads(path.read_text())
+        config = config_from_dict(meta["config"])
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError) as err:
+        raise ValueError(f"cannot read {path}: it is not a genlora_pl adapter config ({err}).") from None
+    return config, meta
+
+
+def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
+    """Load an adapter folder into ``model``, injecting its config first if the model has none.
+
+    Raises:
+        ValueError: the folder is damaged, or was saved for another backbone, target set or rank
+            (the message says what differs). The model's adapters are unchanged then.
+    """
+    directory = Path(directory)
+    config, meta = read_adapter_config(directory)
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} does not exist; the adapter folder is incomplete.")
+    if meta.get("weights_sha256") and _sha256(weights) != meta["weights_sha256"]:
+        raise ValueError(
+            f"{weights} does not match the checksum in {CONFIG_NAME}: the file is corrupted or from another save."
+        )
+    current = getattr(model, "genlora_pl_config", None)
+    if current is not None and current != config:
+        diff = {k: (v, current.to_dict().get(k)) for k, v in config.to_dict().items() if current.to_dict().get(k) != v}
+        raise ValueError(f"{directory} was saved with a different adapter config (file, model): {diff}.")
+    if meta.get("backbone") and meta["backbone"] != type(model).__name__:
+        raise ValueError(f"{directory} was saved for a {meta['backbone']}, not a {type(model).__name__}.")
+    state = load_safetensors(weights)
+    if current is not None:
+        load_adapter_state_dict(model, state, source=str(weights))
+        return list(adapter_layers(model))
+    expected = meta.get("layers")
+    modules = dict(model.named_modules())
+    here = {n: list(layer_dims(modules[n], check_supported(n, modules[n]))) for n in selected_layers(model, config)}
+    if expected is not None and expected != here:
+        raise ValueError(
+            f"{directory} adapts layers {_summary(expected)} but this model's matching layers are {_summary(here)}."
+        )
+    names = inject_adapters(model, config)
+    try:
+        load_adapter_state_dict(model, state, source=str(weights))
+    except BaseException:
+        unload(model)  # leave the model as it came
+        raise
+    return names
+
+
+def _summary(layers: dict[str, list[int]]) -> str:
+    items = list(layers.items())
+    return (
+        "{"
+        + ", ".join(f"{n}: {tuple(s)}" for n, s in items[:3])
+        + (", ..." if len(items) > 3 else "")
+        + f"}} ({len(items)} layers)"
+    )
