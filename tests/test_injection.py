@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import MODELS, make_bert, make_cnn, make_gpt2, make_vit
 from torch import nn
 
+from conftest import MODELS, make_bert, make_cnn, make_gpt2, make_vit
 from genlora_pl import GenLoRAConfig, LoRAConfig, inject_adapters
 from genlora_pl.injection import adapter_layers, head_names, matches, merge_and_unload
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import MODELS, output, perturb
 
+from conftest import MODELS, output, perturb
 from genlora_pl import (
     GenLoRAConfig,
     LoRAConfig,
