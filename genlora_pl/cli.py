@@ -1,0 +1,52 @@
+"""``python -m genlora_pl {fit,validate,test,predict}``: LightningCLI over the module, the data
+modules and the GenLoRA callback.
+
+The data module decides ``num_classes`` (linked into the model) and receives the model's
+``backbone`` name (linked into the data) to pick transforms or the tokenizer.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, NoReturn
+
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+import genlora_pl.data  # noqa: F401  (registers the data modules for short class paths)
+import genlora_pl.schedules  # noqa: F401
+from genlora_pl.callback import GenLoRACallback
+from genlora_pl.data import ClassificationData
+from genlora_pl.module import ClassificationModule
+
+
+class Parser(LightningArgumentParser):
+    """Reports a bad command line or config in one line instead of a usage dump."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            return super().error(message, ex)
+        from genlora_pl.__main__ import one_line
+
+        sys.stderr.write(f"error: {one_line(ValueError(message))} (see `python -m genlora_pl fit --help`)\n")
+        self.exit(2)
+
+
+class GenLoRACLI(LightningCLI):
+    """LightningCLI with an ``adapter:`` section (the :class:`GenLoRACallback`, always present)."""
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_lightning_class_args(GenLoRACallback, "adapter")
+        parser.link_arguments("model.backbone", "data.init_args.backbone")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+
+def run(args: list[str] | None = None) -> GenLoRACLI:
+    return GenLoRACLI(
+        ClassificationModule,
+        ClassificationData,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        parser_class=Parser,
+        auto_configure_optimizers=False,
+    )

@@ -1,0 +1,162 @@
+"""The shared shape of every data module: classification with train / val / test splits.
+
+``batch_size`` is the *global* batch size: each of the ``world_size`` processes loads
+``batch_size // world_size`` examples, so changing the number of GPUs or nodes does not change the
+optimisation. ``backbone`` is linked from the model by the CLI; it decides the image transforms or
+the tokenizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+
+def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
+    """Split ``range(n)`` into consecutive parts of a seeded permutation, sized by ``fractions``."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    sizes = [int(round(f * n)) for f in fractions]
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(order[start : start + size])
+        start += size
+    parts[0] = parts[0] + order[start:]  # rounding leftovers go to the first (training) part
+    return parts
+
+
+def limit(dataset: Dataset, count: int | None, seed: int) -> Dataset:
+    """A seeded random subset of ``count`` examples (all of them when ``count`` is None)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
+    return Subset(dataset, sorted(idx))
+
+
+class TransformedDataset(Dataset):
+    """Apply a transform to the input of ``(input, label)`` pairs (images stay lazy)."""
+
+    def __init__(self, base: Dataset, transform: Callable | None) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        x, y = self.base[i]
+        return (self.transform(x) if self.transform else x), y
+
+
+class ClassificationData(L.LightningDataModule):
+    """Base of the data modules: splits, subsampling, global batch size, loaders.
+
+    Args:
+        batch_size: global batch size over all devices and nodes.
+        num_workers: loader worker processes per device.
+        val_fraction: share of the training data held out for validation when the dataset has no
+            validation split of its own.
+        max_train_samples: use a seeded random subset of the training split (small machines).
+        max_eval_samples: the same for validation and test.
+        seed: seed of splits and subsets.
+        backbone: the model's backbone name (linked by the CLI); picks transforms or tokenizer.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        max_train_samples: int | None = None,
+        max_eval_samples: int | None = None,
+        seed: int = 0,
+        backbone: str | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size!r} is not valid; give a positive integer.")
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction={val_fraction!r} is not valid; it must lie in (0, 1).")
+        for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name}={value!r} is not valid; give a positive integer or null.")
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.max_train_samples = max_train_samples
+        self.max_eval_samples = max_eval_samples
+        self.seed = seed
+        self.backbone = backbone
+        self.splits: dict[str, Dataset] = {}
+
+    # ------------------------------------------------------------- for subclasses
+    @property
+    def num_classes(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def classes(self) -> list[str]:
+        return [str(i) for i in range(self.num_classes)]
+
+    def load_splits(self) -> dict[str, Dataset]:
+        """``{"train", "val", "test"}`` datasets of ``(input, label)`` before transforms."""
+        raise NotImplementedError
+
+    def wrap(self, split: str, dataset: Dataset) -> Dataset:
+        """Attach the split's transform; image modules override it."""
+        return dataset
+
+    def collate(self, batch: list[tuple[Any, int]]) -> Any:
+        return torch.utils.data.default_collate(batch)
+
+    # ------------------------------------------------------------- Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        if self.splits:
+            return
+        raw = self.load_splits()
+        counts = {"train": self.max_train_samples, "val": self.max_eval_samples, "test": self.max_eval_samples}
+        self.splits = {s: self.wrap(s, limit(d, counts[s], self.seed)) for s, d in raw.items()}
+
+    def per_device_batch_size(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if self.batch_size % world:
+            raise ValueError(
+                f"batch_size={self.batch_size} cannot be split over {world} processes; "
+                f"give a multiple of {world} (the global batch size)."
+            )
+        return self.batch_size // world
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        self.setup()
+        dataset = self.splits[split]
+        sampler = None
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if shuffle and world == 1:
+            # The order depends only on (seed, epoch): Lightning calls set_epoch, so a run resumed
+            # from an epoch-end checkpoint sees the same batches as an uninterrupted one. With
+            # several processes Lightning puts in its own DistributedSampler, seeded the same way.
+            sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
+        return DataLoader(
+            dataset,
+            batch_size=self.per_device_batch_size(),
+            shuffle=shuffle and sampler is None,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=self.collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
