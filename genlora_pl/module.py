@@ -178,7 +178,11 @@ class ClassificationModule(L.LightningModule):
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Keep only what was trained: a GenLoRA checkpoint of a ViT-B is kilobytes, not 330 MB.
-        The frozen weights come back from ``backbone`` (pretrained source) when it is loaded."""
+        The frozen weights come back from the pretrained source when it is loaded; a randomly
+        initialised backbone (``pretrained=False``) has no such source and is saved whole."""
+        if not (self.hparams.pretrained or self.hparams.checkpoint_path):
+            checkpoint["trained_only"] = False
+            return
         keep = trained_state_keys(self)
         state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}

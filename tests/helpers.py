@@ -1,0 +1,75 @@
+"""Files the framework tests train on, written in the real on-disk formats."""
+
+from __future__ import annotations
+
+import csv
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+
+WORDS = ["goal", "match", "team", "score", "win", "market", "shares", "profit", "bank", "price", "the", "a", "today"]
+
+
+def write_tiny_bert(folder: Path) -> Path:
+    """A 2-layer BERT with its tokenizer, saved with save_pretrained: an offline 'hf:' backbone."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    cfg = BertConfig(
+        vocab_size=len(WORDS) + 5,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(cfg).save_pretrained(folder)
+    return folder
+
+
+def write_text_csv(path: Path, n: int = 96, seed: int = 0) -> Path:
+    """A learnable two-topic corpus: sports words vs finance words."""
+    rng = np.random.default_rng(seed)
+    sports, finance = WORDS[:5], WORDS[5:10]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for i in range(n):
+            label = "sports" if i % 2 == 0 else "finance"
+            words = rng.choice(sports if label == "sports" else finance, size=6).tolist() + ["today"]
+            writer.writerow([" ".join(words), label])
+    return path
+
+
+def write_cifar10(root: Path, n_train: int = 50, n_test: int = 20) -> Path:
+    """A CIFAR-10 folder in the official python format (pickled batches), with random images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+
+    def batch(n: int) -> dict:
+        return {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": (np.arange(n) % 10).tolist()}
+
+    for i in range(1, 6):
+        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch(n_train // 5)))
+    (folder / "test_batch").write_bytes(pickle.dumps(batch(n_test)))
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": names}))
+    return root
+
+
+def write_tiny_vit_weights(path: Path) -> Path:
+    """A timm checkpoint file for the tiny ViT (the 'pretrained' weights of checkpoint_path)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2)
+    save_file(model.state_dict(), str(path))
+    return path
