@@ -17,14 +17,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 
 def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
-    """Split ``range(n)`` into consecutive parts of a seeded permutation, sized by ``fractions``."""
+    """Split ``range(n)`` into parts of a seeded permutation sized by ``fractions``; the first
+    (training) part takes whatever rounding leaves, so every example lands in exactly one part."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    sizes = [int(round(f * n)) for f in fractions]
+    sizes = [int(round(f * n)) for f in fractions[1:]]
+    sizes = [n - sum(sizes), *sizes]
     parts, start = [], 0
     for size in sizes:
         parts.append(order[start : start + size])
         start += size
-    parts[0] = parts[0] + order[start:]  # rounding leftovers go to the first (training) part
     return parts
 
 

@@ -73,6 +73,13 @@ def _cifar_class(name: str) -> type:
             folder = os.path.join(self.root, self.base_folder)
             return all(os.path.isfile(os.path.join(folder, f)) for f, _ in self.train_list + self.test_list)
 
+        def _load_meta(self) -> None:  # torchvision's version checks the MD5 here as well
+            import pickle
+
+            with open(os.path.join(self.root, self.base_folder, self.meta["filename"]), "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
     Reader.__name__ = name
     return Reader
 

