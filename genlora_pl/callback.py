@@ -22,7 +22,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from genlora_pl.adapters import AdapterConfig, config_class, config_from_dict
@@ -110,6 +109,7 @@ class GenLoRACallback(L.Callback):
         self.log_every_n_steps = log_every_n_steps
         self.plots = plots
         self.step = 0
+        self.total_steps: float | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, float] = {}
         self.adapted: list[str] = []
@@ -153,7 +153,9 @@ class GenLoRACallback(L.Callback):
         if not self.active:
             return
         self.step = trainer.global_step
-        self.apply_schedules(pl_module.backbone, self.step, trainer.estimated_stepping_batches)
+        if self.total_steps is None:
+            self.total_steps = trainer.estimated_stepping_batches
+        self.apply_schedules(pl_module.backbone, self.step, self.total_steps)
 
     # ----------------------------------------------------------------- measurements
     def measure(self, backbone: nn.Module, step: int) -> dict[str, Any]:
@@ -200,9 +202,7 @@ class GenLoRACallback(L.Callback):
         if not self.active:
             return
         if trainer.is_global_zero:
-            rank_zero_info(
-                f"GenLoRA: {len(self.adapted)} {self.config.name} adapters\n{parameter_report(pl_module.backbone)}"
-            )
+            print(f"GenLoRA: {len(self.adapted)} {self.config.name} adapters\n{parameter_report(pl_module.backbone)}")
         if self.log_every_n_steps:
             self.record(trainer, pl_module)
 
@@ -243,7 +243,7 @@ class GenLoRACallback(L.Callback):
                         writer = getattr(logger, "experiment", None)
                         if hasattr(writer, "add_figure"):
                             writer.add_figure(f"genlora/{name[:-4]}", figure, trainer.global_step)
-        rank_zero_info(self.summary(pl_module.backbone, folder))
+        print(self.summary(pl_module.backbone, folder))
 
     def summary(self, backbone: nn.Module, folder: os.PathLike) -> str:
         report = parameter_report(backbone)

@@ -116,7 +116,7 @@ def test_fit_timm_end_to_end_writes_logs_plots_and_small_checkpoints(tmp_path, v
     assert all("base_layer" not in k for k in state)
 
 
-def test_fit_hf_text_end_to_end(tmp_path):
+def test_fit_hf_text_end_to_end_and_export(tmp_path):
     bert = write_tiny_bert(tmp_path / "bert")
     data_file = write_text_csv(tmp_path / "train.csv")
     args = [
@@ -138,6 +138,18 @@ def test_fit_hf_text_end_to_end(tmp_path):
     assert "val/acc" in columns and "genlora/effective_rank/mean" in columns
     assert "val/acc_top5" not in columns  # two classes: no top-5
     assert "genlora/center_drift_A/mean" not in columns  # LoRA has no RBF centres
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from genlora_pl.checkpoint_export import read_checkpoint, restore_module
+
+    ckpt = next(tmp_path.rglob("*.ckpt"))  # the trainer's default checkpoint
+    assert main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "export")]) == 0
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export" / "merged").eval()
+    batch = AutoTokenizer.from_pretrained(tmp_path / "export" / "merged")(["goal win today"], return_tensors="pt")
+    with torch.no_grad():
+        expected = restore_module(read_checkpoint(ckpt))(dict(batch))
+        torch.testing.assert_close(merged(**batch).logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_resumed_run_ends_with_the_same_adapters(tmp_path, vit_weights):

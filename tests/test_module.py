@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
-import torch
+from helpers import write_text_csv, write_tiny_bert
 from torch import nn
 
 from genlora_pl.callback import GenLoRACallback
@@ -12,7 +12,6 @@ from genlora_pl.data import TextClassificationData
 from genlora_pl.injection import adapter_layers
 from genlora_pl.module import ClassificationModule, trained_state_keys
 from genlora_pl.schedules import Schedule
-from helpers import write_text_csv, write_tiny_bert
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import write_cifar10, write_text_csv, write_tiny_bert
 
 from genlora_pl.data import (
     BBCNewsData,
@@ -19,7 +20,6 @@ from genlora_pl.data import (
     TweetSentimentData,
 )
 from genlora_pl.data.images import find_fashion_mnist
-from helpers import write_cifar10, write_text_csv, write_tiny_bert
 
 VIT = "timm:vit_tiny_patch16_224"
 
