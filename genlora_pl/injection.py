@@ -66,7 +66,7 @@ def _is_pointwise(module: nn.Module) -> bool:
 
 def candidate_layers(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     """Every ``(name, module)`` an adapter could wrap, skipping adapters' own insides."""
-    adapters = [n for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+    adapters = list(adapter_layers(model))
     for name, module in model.named_modules():
         if name and not _under(name, adapters) and layer_kind(module) is not None:
             yield name, module
