@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from genlora_pl.adapters import AdapterConfig, config_class, config_from_dict
+from genlora_pl.distributed import full_parameters
 from genlora_pl.injection import adapter_layers, head_names, inject_adapters
 from genlora_pl.schedules import Schedule
 from genlora_pl.spectra import adapter_spectra, centre_drift, parameter_report
@@ -110,6 +111,7 @@ class GenLoRACallback(L.Callback):
         self.plots = plots
         self.step = 0
         self.total_steps: float | None = None
+        self.last_recorded: int | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, float] = {}
         self.adapted: list[str] = []
@@ -183,12 +185,15 @@ class GenLoRACallback(L.Callback):
         return {k: v for k, v in out.items() if math.isfinite(v)}
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        """Measure on rank zero; every rank takes part when sharded parameters must be gathered."""
         step = trainer.global_step
-        if self.history and self.history[-1]["step"] == step:
+        if self.last_recorded == step:  # the same on every rank, so all of them skip or all gather
             return
-        record = self.measure(pl_module.backbone, step)
+        self.last_recorded = step
+        with full_parameters(trainer.strategy.model, pl_module.backbone):
+            record = self.measure(pl_module.backbone, step) if trainer.is_global_zero else None
+        if record is None:
+            return
         self.history.append(record)
         scalars = self.scalars(record)
         for logger in trainer.loggers:

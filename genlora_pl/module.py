@@ -24,6 +24,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from genlora_pl.backbones import BackboneSpec, build_backbone
+from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -61,6 +62,10 @@ class ClassificationModule(L.LightningModule):
             without this flag every parameter is trained (full fine-tuning).
         label_smoothing: cross-entropy label smoothing.
         compile: ``torch.compile`` the backbone after adapters are in.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            (non-reentrant, so adapters inside frozen blocks still get gradients).
+        fsdp_blocks: class names of the blocks FSDP2 shards one by one (``ModelParallelStrategy``);
+            by default the backbone's repeated blocks are found by :func:`transformer_blocks`.
     """
 
     def __init__(
@@ -75,6 +80,8 @@ class ClassificationModule(L.LightningModule):
         head_only: bool = False,
         label_smoothing: float = 0.0,
         compile: bool = False,
+        activation_checkpointing: bool = False,
+        fsdp_blocks: list[str] | None = None,
     ) -> None:
         super().__init__()
         BackboneSpec.parse(backbone)  # a bad name fails now, not after the data is loaded
@@ -122,7 +129,12 @@ class ClassificationModule(L.LightningModule):
         self.backbone = backbone
         for fn in self._backbone_hooks.values():
             fn(backbone)
-        self.forward_model = torch.compile(backbone) if self.hparams.compile else backbone
+        if hp.activation_checkpointing:
+            enable_activation_checkpointing(backbone)
+        mesh = self.device_mesh  # set by ModelParallelStrategy only
+        if mesh is not None:
+            shard_fsdp2(backbone, mesh["data_parallel"], hp.fsdp_blocks)
+        self.forward_model = torch.compile(backbone) if hp.compile else backbone
 
     # ----------------------------------------------------------------- steps
     def forward(self, batch: Any) -> torch.Tensor:
