@@ -227,9 +227,9 @@ class GenLoRACallback(L.Callback):
             return
         if self.log_every_n_steps:
             self.record(trainer, pl_module)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is a collective: every rank
         if not trainer.is_global_zero:
             return
-        folder = Path(trainer.log_dir or trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
         if self.history:
             payload = {"config": self.config.to_dict(), "history": self.history}

@@ -6,6 +6,7 @@ import csv
 import pickle
 from pathlib import Path
 
+import lightning as L
 import numpy as np
 import torch
 
@@ -73,3 +74,22 @@ def write_tiny_vit_weights(path: Path) -> Path:
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2)
     save_file(model.state_dict(), str(path))
     return path
+
+
+
+class RankDump(L.Callback):
+    """Saves every rank's adapters at the end of fit (``class_path: helpers.RankDump``)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from safetensors.torch import save_file
+
+        from genlora_pl.distributed import full_parameters
+        from genlora_pl.state import adapter_state_dict
+
+        with full_parameters(trainer.strategy.model, pl_module.backbone):
+            state = {k: v.detach().clone().contiguous() for k, v in adapter_state_dict(pl_module.backbone).items()}
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save_file(state, str(self.folder / f"rank{trainer.global_rank}.safetensors"))
