@@ -62,7 +62,11 @@ def one_line(err: BaseException) -> str:
         err = root
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     lines = [line.strip() for line in message.splitlines() if line.strip()]
-    reasons = [line[2:] for line in lines if line.startswith("- ") and not line.startswith("- Expected a")]
+    reasons = [
+        line[2:] + (" " + lines[i + 1] if line.endswith(":") and i + 1 < len(lines) else "")
+        for i, line in enumerate(lines)
+        if line.startswith("- ") and not line.startswith("- Expected a")
+    ]
     if reasons:
         return " ".join(reasons[0].split())
     key = re.match(r'Parser key "([^"]+)"', lines[0]) if lines else None

@@ -70,7 +70,12 @@ def build_timm(
         if not os.path.isfile(checkpoint_path):
             raise FileNotFoundError(f"checkpoint_path={checkpoint_path!r} does not exist; give a local weights file.")
         # timm loads the file through its own pretrained machinery, adapting the head to num_classes.
-        kwargs["pretrained_cfg_overlay"] = {"file": checkpoint_path}
+        # custom_load marks hub weights in Google's .npz format (older ViT tags); a local state-dict
+        # file must go through the standard loader instead.
+        overlay = {"file": checkpoint_path}
+        if not checkpoint_path.endswith(".npz"):
+            overlay["custom_load"] = False
+        kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
@@ -159,7 +164,16 @@ def image_transforms(backbone: str | None, image_size: int | None = None) -> tup
             proc = AutoImageProcessor.from_pretrained(hf_path(spec.name))
             size = proc.size.get("height") or proc.size.get("shortest_edge") or 224
             cfg = {"input_size": (3, size, size), "mean": tuple(proc.image_mean), "std": tuple(proc.image_std)}
-    cfg = cfg or resolve_data_config({})  # no backbone: ImageNet defaults
+    if not cfg:  # no backbone: ImageNet statistics at 224
+        from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+        cfg = {
+            "input_size": (3, 224, 224),
+            "interpolation": "bicubic",
+            "crop_pct": 0.875,
+            "mean": IMAGENET_DEFAULT_MEAN,
+            "std": IMAGENET_DEFAULT_STD,
+        }
     if image_size is not None:
         cfg = {**cfg, "input_size": (3, image_size, image_size), "crop_pct": 1.0}
     train = create_transform(**cfg, is_training=True)

@@ -31,6 +31,17 @@ def _adamw(params: Any) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=1e-3)
 
 
+# Wrappers that appear in module names but not in state-dict keys (their state-dict hooks drop them):
+# FSDP1 units, activation-checkpoint wrappers, torch.compile.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _clean(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
 def trained_state_keys(module: nn.Module) -> set[str]:
     """State-dict keys of what training changes: parameters that require grad, the buffers of the
     modules that own them (adapter ``gate``/``temperature``), and normalisation running statistics
@@ -43,7 +54,7 @@ def trained_state_keys(module: nn.Module) -> set[str]:
         keys |= {dot + n for n, p in sub.named_parameters(recurse=False) if p.requires_grad}
         if owns_trainable or is_norm:
             keys |= {dot + n for n, b in sub.named_buffers(recurse=False) if b is not None}
-    return keys
+    return {_clean(k) for k in keys}
 
 
 class ClassificationModule(L.LightningModule):
@@ -94,7 +105,6 @@ class ClassificationModule(L.LightningModule):
         self.scheduler_factory = lr_scheduler
         self.backbone: nn.Module | None = None
         self._backbone_hooks: dict[str, Callable[[nn.Module], None]] = {}
-        self.forward_model: nn.Module | None = None
 
         def metrics(split: str) -> MetricCollection:
             m: dict[str, Any] = {"acc": MulticlassAccuracy(num_classes)}
@@ -134,11 +144,14 @@ class ClassificationModule(L.LightningModule):
         mesh = self.device_mesh  # set by ModelParallelStrategy only
         if mesh is not None:
             shard_fsdp2(backbone, mesh["data_parallel"], hp.fsdp_blocks)
-        self.forward_model = torch.compile(backbone) if hp.compile else backbone
+        # Kept out of nn.Module registration: a second name for the backbone would duplicate every
+        # key of the state dict.
+        self.__dict__["_compiled"] = torch.compile(backbone) if hp.compile else None
 
     # ----------------------------------------------------------------- steps
     def forward(self, batch: Any) -> torch.Tensor:
-        model = self.forward_model or self.backbone
+        compiled = self.__dict__.get("_compiled")
+        model = compiled if compiled is not None else self.backbone
         if isinstance(batch, dict):
             out = model(**{k: v for k, v in batch.items() if k != "labels"})
         else:

@@ -76,7 +76,6 @@ def write_tiny_vit_weights(path: Path) -> Path:
     return path
 
 
-
 class RankDump(L.Callback):
     """Saves every rank's adapters at the end of fit (``class_path: helpers.RankDump``)."""
 

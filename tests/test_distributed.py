@@ -13,9 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from safetensors.torch import load_file
-
 from helpers import write_tiny_vit_weights
+from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -48,9 +47,22 @@ def fit(folder: Path, weights: str, *extra: str, trainer: dict | None = None, mo
     (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay))
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
     out = subprocess.run(
-        [sys.executable, "-m", "genlora_pl", "fit", "--config", str(ROOT / "configs" / "debug.yaml"),
-         "--config", str(folder / "overlay.yaml"), *extra],
-        cwd=folder, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "genlora_pl",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "debug.yaml"),
+            "--config",
+            str(folder / "overlay.yaml"),
+            *extra,
+        ],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return folder
@@ -63,8 +75,14 @@ def last_checkpoint(folder: Path) -> dict:
 def test_ddp_trains_syncs_checkpoints_and_resumes(tmp_path, weights):
     dump = {"class_path": "helpers.RankDump", "init_args": {"folder": str(tmp_path / "ranks")}}
     ddp = {"accelerator": "cpu", "devices": 2, "strategy": "ddp"}
-    run = fit(tmp_path / "ddp", weights, "--trainer.callbacks+", yaml.safe_dump(dump, default_flow_style=True),
-              trainer=ddp, model={"activation_checkpointing": True})
+    run = fit(
+        tmp_path / "ddp",
+        weights,
+        "--trainer.callbacks+",
+        yaml.safe_dump(dump, default_flow_style=True),
+        trainer=ddp,
+        model={"activation_checkpointing": True},
+    )
     ranks = [load_file(tmp_path / "ranks" / f"rank{r}.safetensors") for r in (0, 1)]
     assert ranks[0].keys() == ranks[1].keys() and len(ranks[0]) > 10
     for key in ranks[0]:
@@ -73,8 +91,9 @@ def test_ddp_trains_syncs_checkpoints_and_resumes(tmp_path, weights):
     assert len(list(run.rglob("spectra.png"))) == 1  # rank zero alone writes plots
     assert last_checkpoint(run)["global_step"] == 4
 
-    resumed = fit(tmp_path / "resumed", weights, "--ckpt_path", str(next(run.rglob("last.ckpt"))),
-                  trainer={**ddp, "max_steps": 6})
+    resumed = fit(
+        tmp_path / "resumed", weights, "--ckpt_path", str(next(run.rglob("last.ckpt"))), trainer={**ddp, "max_steps": 6}
+    )
     assert last_checkpoint(resumed)["global_step"] == 6
 
 
@@ -92,9 +111,21 @@ def test_fsdp2_matches_an_unsharded_run(tmp_path, weights):
     env = {**os.environ}
     for folder, name in ((sharded, "fsdp2"), (single, "single")):
         subprocess.run(
-            [sys.executable, "-m", "genlora_pl", "export", "--ckpt_path", str(next(folder.rglob("last.ckpt"))),
-             "--output_dir", str(out / name), "--formats", "[peft]"],
-            check=True, env=env, capture_output=True,
+            [
+                sys.executable,
+                "-m",
+                "genlora_pl",
+                "export",
+                "--ckpt_path",
+                str(next(folder.rglob("last.ckpt"))),
+                "--output_dir",
+                str(out / name),
+                "--formats",
+                "[peft]",
+            ],
+            check=True,
+            env=env,
+            capture_output=True,
         )
     pa = load_file(out / "fsdp2" / "peft" / "adapter_model.safetensors")
     pb = load_file(out / "single" / "peft" / "adapter_model.safetensors")

@@ -120,6 +120,21 @@ def test_trained_state_keys_include_norm_statistics_and_adapter_buffers():
     assert keys == {"2.weight", "2.bias", "1.running_mean", "1.running_var", "1.num_batches_tracked"}
 
 
+def test_trained_state_keys_see_through_wrappers():
+    # FSDP1 and activation-checkpoint wrappers add names that state-dict keys do not carry; every
+    # trained key must still be a real key, or a sharded run's checkpoint would lose the adapters.
+    from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+    from genlora_pl import GenLoRAConfig, inject_adapters
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    inject_adapters(model, GenLoRAConfig(r=2, target_modules=["0"], modules_to_save=["2"]))
+    model[0] = checkpoint_wrapper(model[0])
+    keys = trained_state_keys(model)
+    assert keys <= set(model.state_dict())
+    assert {"0.latent_A", "0.gate", "2.weight"} <= keys
+
+
 def test_checkpoint_for_another_adapter_is_refused(tmp_path, bert):
     module = ClassificationModule(backbone=f"hf:{bert}", num_classes=2)
     cb = GenLoRACallback(method="lora", r=4, log_every_n_steps=0)

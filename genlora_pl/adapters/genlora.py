@@ -38,7 +38,9 @@ def rbf(t2: torch.Tensor, kernel: str) -> torch.Tensor:
     centre sitting on a latent point, which is how every centre starts).
     """
     if kernel == "gaussian":
-        return torch.where(t2 < _GAUSSIAN_CUTOFF, torch.exp(-t2.clamp(max=_GAUSSIAN_CUTOFF)), 0.0)
+        # Multiplying by the mask (not torch.where) keeps the op count low; exp(-t2) is finite for
+        # every t2 >= 0, so the product is exactly 0 past the cut-off, with a zero gradient.
+        return torch.exp(-t2) * (t2 < _GAUSSIAN_CUTOFF)
     if kernel == "inverse_quadratic":
         return 1.0 / (1.0 + t2)
     if kernel == "inverse_multiquadric":
@@ -48,10 +50,10 @@ def rbf(t2: torch.Tensor, kernel: str) -> torch.Tensor:
 
 def squared_distances(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
     """``||p_j - c_i||^2`` as an ``(r, p)`` matrix, from ``points (p, g)`` and ``centers (r, g)``."""
-    # The expansion |p|^2 + |c|^2 - 2 c.p turns the work into one small matmul; clamp the
-    # rounding error that can make an exact zero distance slightly negative.
-    d2 = (centers * centers).sum(1, keepdim=True) + (points * points).sum(1) - 2.0 * centers @ points.T
-    return d2.clamp_min(0.0)
+    # |c|^2 + |p|^2 - 2 c.p as one addmm; clamp the rounding error that can make an exact zero
+    # distance slightly negative.
+    norms = (centers * centers).sum(1, keepdim=True) + (points * points).sum(1)
+    return torch.addmm(norms, centers, points.T, alpha=-2.0).clamp_min(0.0)
 
 
 def generate(
@@ -89,25 +91,30 @@ class GenLoRALayer(AdapterLayer):
             self.reset_parameters()
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
-        """The seeded initial values (CPU, fp32); deterministic, so drift needs no stored copy."""
+        """The seeded initial values (CPU, fp32); deterministic, so drift needs no stored copy.
+
+        Every tensor is made on the CPU explicitly: Lightning builds models under a default-device
+        context (``configure_model`` on a GPU), and the CPU generator cannot fill GPU tensors.
+        """
         cfg = self.config
         r, g = cfg.r, cfg.group_size
         gen = self.generator()
-        latent_a = torch.randn(self.in_features, g, generator=gen)
-        latent_b = torch.randn(self.out_features, g, generator=gen)
+        cpu = torch.device("cpu")
+        latent_a = torch.randn(self.in_features, g, generator=gen, device=cpu)
+        latent_b = torch.randn(self.out_features, g, generator=gen, device=cpu)
 
         def centres_on(points: torch.Tensor) -> torch.Tensor:
             # Each centre starts on a latent point, so every RBF reaches at least one coordinate.
             p = points.shape[0]
             if p >= r:
-                return points[torch.randperm(p, generator=gen)[:r]].clone()
-            idx = torch.randint(p, (r,), generator=gen)
-            return points[idx] + 0.01 * torch.randn(r, g, generator=gen)
+                return points[torch.randperm(p, generator=gen, device=cpu)[:r]].clone()
+            idx = torch.randint(p, (r,), generator=gen, device=cpu)
+            return points[idx] + 0.01 * torch.randn(r, g, generator=gen, device=cpu)
 
         centers_a, centers_b = centres_on(latent_a), centres_on(latent_b)
-        log_width = torch.full((r,), math.log(cfg.width0 * r ** (1.0 / g)))
+        log_width = torch.full((r,), math.log(cfg.width0 * r ** (1.0 / g)), device=cpu)
         # Row i of A gets the l2 norm of a Kaiming-uniform(a=sqrt(5)) LoRA row: 1/sqrt(3).
-        rows = generate(latent_a, centers_a, log_width, torch.ones(r), 1.0, cfg.kernel)
+        rows = generate(latent_a, centers_a, log_width, torch.ones(r, device=cpu), 1.0, cfg.kernel)
         amps_a = 1.0 / (math.sqrt(3.0) * rows.norm(dim=1))
         return {
             "latent_A": latent_a,
@@ -117,7 +124,7 @@ class GenLoRALayer(AdapterLayer):
             "log_widths_A": log_width.clone(),
             "log_widths_B": log_width.clone(),
             "amps_A": amps_a,
-            "amps_B": torch.zeros(r),  # B = 0, so the injected model computes what the base did
+            "amps_B": torch.zeros(r, device=cpu),  # B = 0, so the injected model computes what the base did
         }
 
     @torch.no_grad()
@@ -126,8 +133,21 @@ class GenLoRALayer(AdapterLayer):
             getattr(self, name).copy_(value)
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        kernel, t = self.config.kernel, self.temperature.float()
+        """Both factors from one generator call.
+
+        The A-side and B-side points and centres are stacked, so one ``(2r, n + m)`` matrix holds
+        ``A`` (top-left block) and ``B^T`` (bottom-right block). The off-diagonal blocks cost as much
+        arithmetic as the useful ones, which is nothing next to the layer itself, and the number of
+        kernel launches per step halves; at small per-layer work, launches are the cost.
+        """
+        r, n = self.r, self.in_features
         with torch.autocast(self.latent_A.device.type, enabled=False):
-            a = generate(self.latent_A, self.centers_A, self.log_widths_A, self.amps_A, t, kernel)  # (r, n)
-            b = generate(self.latent_B, self.centers_B, self.log_widths_B, self.amps_B, t, kernel)  # (r, m)
-        return a, b.T
+            full = generate(
+                torch.cat([self.latent_A, self.latent_B]),  # (n + m, g)
+                torch.cat([self.centers_A, self.centers_B]),  # (2r, g)
+                torch.cat([self.log_widths_A, self.log_widths_B]),
+                torch.cat([self.amps_A, self.amps_B]),
+                self.temperature.float(),
+                self.config.kernel,
+            )  # (2r, n + m)
+        return full[:r, :n], full[r:, n:].T

@@ -28,7 +28,7 @@ class LoRALayer(AdapterLayer):
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
-        a = torch.empty(self.lora_A.shape)
+        a = torch.empty(self.lora_A.shape, device="cpu")  # CPU generator, whatever the default device
         # kaiming_uniform_(a=sqrt(5)) draws U(-1/sqrt(n), 1/sqrt(n)); drawn from our own generator.
         bound = 1.0 / math.sqrt(self.in_features)
         a.uniform_(-bound, bound, generator=self.generator())

@@ -175,17 +175,18 @@ def test_forward_never_builds_an_m_by_n_matrix(cls):
     with _Recorder(ignore=lay.base_layer.weight) as rec:
         lay(x).sum().backward()
     assert len(rec.numels) > 10  # the recorder saw the forward and the backward
-    assert max(rec.numels) < 512 * 512 // 8, max(rec.numels)
+    # the largest tensor is the stacked generator output, 2r x (n + m): O((m + n) r), not m x n
+    assert max(rec.numels) <= 2 * 16 * (512 + 512) < 512 * 512, max(rec.numels)
 
 
-def test_generator_runs_once_per_side_and_forward(monkeypatch):
+def test_generator_runs_once_per_forward(monkeypatch):
     calls = []
     original = genlora_module.generate
     monkeypatch.setattr(genlora_module, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
     lay = layer(r=8)
     calls.clear()
     lay(torch.randn(5, 40))
-    assert len(calls) == 2
+    assert len(calls) == 1  # A and B come from one stacked call
 
 
 def test_generate_is_differentiable_in_every_parameter():
@@ -203,3 +204,19 @@ def test_temperature_smooths_kernels():
     cold = generate(pts, c, lay.log_widths_A, torch.ones(16), 1.0, "gaussian")
     hot = generate(pts, c, lay.log_widths_A, torch.ones(16), 10.0, "gaussian")
     assert (hot >= cold - 1e-6).all() and hot.mean() > cold.mean()
+
+
+@pytest.mark.parametrize("cls", [GenLoRALayer, LoRALayer])
+def test_initialisation_ignores_the_default_device(cls):
+    # Lightning builds models in configure_model under a default-device context (cuda on a GPU);
+    # the seeded CPU generator must still work and give the same values.
+    cfg = GenLoRAConfig(r=8) if cls is GenLoRALayer else LoRAConfig(r=8)
+    reference = cls(nn.Linear(40, 48), cfg, "x").state_dict()
+    base = nn.Linear(40, 48)
+    with torch.device("meta"):
+        layer = cls(base, cfg, "x")
+    adapter_keys = [k for k in reference if not k.startswith("base_layer.")]
+    assert len(adapter_keys) >= 4
+    for key in adapter_keys:
+        value = layer.state_dict()[key]
+        assert value.device.type == "cpu" and torch.equal(value, reference[key]), key
