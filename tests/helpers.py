@@ -92,3 +92,16 @@ class RankDump(L.Callback):
             state = {k: v.detach().clone().contiguous() for k, v in adapter_state_dict(pl_module.backbone).items()}
         self.folder.mkdir(parents=True, exist_ok=True)
         save_file(state, str(self.folder / f"rank{trainer.global_rank}.safetensors"))
+
+
+class Sleep(L.Callback):
+    """Pauses after every training batch (``class_path: helpers.Sleep``), so that a signal sent to a
+    CPU DDP job lands outside a blocking gloo collective, where Python can run its handler at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def on_train_batch_end(self, *args, **kwargs) -> None:
+        import time
+
+        time.sleep(self.seconds)

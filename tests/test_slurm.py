@@ -81,6 +81,7 @@ def launch(tmp_path: Path, run_dir: Path, logs: Path, max_steps: int, weights: s
     )
     env = {
         **os.environ,
+        "PYTHONPATH": str(ROOT / "tests"),
         "PATH": f"{tmp_path / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
         "TASK_LOGS": str(logs),
         "CONFIG": str(ROOT / "configs" / "debug.yaml"),
@@ -96,7 +97,13 @@ def launch(tmp_path: Path, run_dir: Path, logs: Path, max_steps: int, weights: s
         "MASTER_PORT": str(free_port()),
     }
     script = ROOT / "docker" / "slurm" / "single_node.sbatch"
-    return subprocess.Popen(["bash", str(script), "--config", str(overlay)], cwd=tmp_path, env=env)
+    # Lightning's handler saves the checkpoint inside the signal handler, with a barrier; a CPU rank
+    # blocked in a gloo collective cannot run its handler until the collective ends, so both ranks
+    # would wait on each other. Real jobs spend most time outside blocking calls (NCCL runs on
+    # streams); the pause after each batch gives this CPU job the same shape.
+    pause = '{"class_path": "helpers.Sleep", "init_args": {"seconds": 0.3}}'
+    command = ["bash", str(script), "--config", str(overlay), "--trainer.callbacks+", pause]
+    return subprocess.Popen(command, cwd=tmp_path, env=env)
 
 
 def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
