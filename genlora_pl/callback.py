@@ -112,6 +112,7 @@ class GenLoRACallback(L.Callback):
         self.step = 0
         self.total_steps: float | None = None
         self.last_recorded: int | None = None
+        self._applied: tuple[float, float] | None = None
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, float] = {}
         self.adapted: list[str] = []
@@ -143,11 +144,14 @@ class GenLoRACallback(L.Callback):
 
     # ----------------------------------------------------------------- annealing
     def apply_schedules(self, backbone: nn.Module, step: int, total: float) -> None:
-        gate, temperature = self.gate.value(step, total), self.temperature.value(step, total)
+        values = (self.gate.value(step, total), self.temperature.value(step, total))
+        if values == self._applied:  # constant schedules touch the buffers once, not every step
+            return
         with torch.no_grad():
             for layer in adapter_layers(backbone).values():
-                layer.gate.fill_(gate)
-                layer.temperature.fill_(temperature)
+                layer.gate.fill_(values[0])
+                layer.temperature.fill_(values[1])
+        self._applied = values
 
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
