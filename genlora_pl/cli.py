@@ -12,10 +12,8 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-import genlora_pl.data  # noqa: F401  (registers the data modules for short class paths)
-import genlora_pl.schedules  # noqa: F401
-from genlora_pl.callback import GenLoRACallback
-from genlora_pl.data import ClassificationData
+from genlora_pl.callback import GenLoRACallback  # imports genlora_pl.schedules too
+from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
 from genlora_pl.module import ClassificationModule
 
 

