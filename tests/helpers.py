@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import csv
+import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 import torch
+import yaml
 
 WORDS = ["goal", "match", "team", "score", "win", "market", "shares", "profit", "bank", "price", "the", "a", "today"]
 
@@ -105,3 +109,25 @@ class Sleep(L.Callback):
         import time
 
         time.sleep(self.seconds)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``python -m genlora_pl ARGS`` in a child process (needed where Lightning relaunches the command
+    for more ranks), with this folder importable for ``class_path: helpers.*``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.run(
+        [sys.executable, "-m", "genlora_pl", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def fit_debug(folder: Path, overlay: dict, *extra: str) -> Path:
+    """``fit`` of configs/debug.yaml plus an overlay config written into ``folder``; must succeed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay))
+    debug = str(ROOT / "configs" / "debug.yaml")
+    out = run_cli("fit", "--config", debug, "--config", str(folder / "overlay.yaml"), *extra, cwd=folder)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return folder

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import write_text_csv, write_tiny_bert, write_tiny_vit_weights
+from helpers import run_cli, write_text_csv, write_tiny_bert, write_tiny_vit_weights
 
 from genlora_pl.__main__ import main
 
@@ -249,23 +249,8 @@ def test_unknown_config_key_is_one_line(tmp_path, vit_weights, capsys):
 
 
 def test_errors_exit_non_zero_from_a_real_process(tmp_path):
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genlora_pl",
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "debug.yaml"),
-            "--adapter.method",
-            "dora",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-    )
+    debug = str(ROOT / "configs" / "debug.yaml")
+    out = run_cli("fit", "--config", debug, "--adapter.method", "dora", cwd=tmp_path)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines()[-1] == "error: adapter='dora' is unknown; choose one of genlora, lora."
     assert "Traceback" not in out.stderr

@@ -5,15 +5,12 @@ Each fit runs the real CLI in a child process (Lightning relaunches the command 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from helpers import write_tiny_vit_weights
+from helpers import fit_debug, run_cli, write_tiny_vit_weights
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,7 +28,6 @@ def weights(tmp_path_factory) -> str:
 
 
 def fit(folder: Path, weights: str, *extra: str, trainer: dict | None = None, model: dict | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
     overlay = {
         "trainer": {
             "default_root_dir": str(folder),
@@ -44,28 +40,7 @@ def fit(folder: Path, weights: str, *extra: str, trainer: dict | None = None, mo
         "model": {"pretrained": True, "checkpoint_path": weights, **(model or {})},
         "data": {"init_args": {"augment": False}},
     }
-    (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genlora_pl",
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "debug.yaml"),
-            "--config",
-            str(folder / "overlay.yaml"),
-            *extra,
-        ],
-        cwd=folder,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
-    return folder
+    return fit_debug(folder, overlay, *extra)
 
 
 def last_checkpoint(folder: Path) -> dict:
@@ -108,25 +83,12 @@ def test_fsdp2_matches_an_unsharded_run(tmp_path, weights):
     assert not torch.equal(a["backbone.blocks.0.attn.qkv.amps_B"], torch.zeros(8))
 
     out = tmp_path / "export"
-    env = {**os.environ}
     for folder, name in ((sharded, "fsdp2"), (single, "single")):
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "genlora_pl",
-                "export",
-                "--ckpt_path",
-                str(next(folder.rglob("last.ckpt"))),
-                "--output_dir",
-                str(out / name),
-                "--formats",
-                "[peft]",
-            ],
-            check=True,
-            env=env,
-            capture_output=True,
+        ckpt = str(next(folder.rglob("last.ckpt")))
+        done = run_cli(
+            "export", "--ckpt_path", ckpt, "--output_dir", str(out / name), "--formats", "[peft]", cwd=folder
         )
+        assert done.returncode == 0, done.stderr[-2000:]
     pa = load_file(out / "fsdp2" / "peft" / "adapter_model.safetensors")
     pb = load_file(out / "single" / "peft" / "adapter_model.safetensors")
     assert pa.keys() == pb.keys()

@@ -4,15 +4,11 @@ without CUDA. Run on a GPU machine with ``python -m pytest -m gpu tests/test_gpu
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from helpers import write_cifar10, write_tiny_vit_weights
+from helpers import fit_debug, write_cifar10, write_tiny_vit_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -31,7 +27,6 @@ def assets(tmp_path_factory):
 
 def fit(folder: Path, assets, trainer: dict) -> dict:
     weights, data = assets
-    folder.mkdir(parents=True, exist_ok=True)
     overlay = {
         "trainer": {
             "default_root_dir": str(folder),
@@ -49,25 +44,7 @@ def fit(folder: Path, assets, trainer: dict) -> dict:
             "init_args": {"root": data, "download": False, "image_size": 32, "augment": False, "batch_size": 16},
         },
     }
-    (folder / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "genlora_pl",
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "debug.yaml"),
-            "--config",
-            str(folder / "overlay.yaml"),
-        ],
-        cwd=folder,
-        env={**os.environ},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    fit_debug(folder, overlay)
     assert list(folder.rglob("spectra.png")), "spectra were measured (full parameters gathered)"
     return torch.load(next(folder.rglob("last.ckpt")), map_location="cpu", weights_only=True)
 
