@@ -29,10 +29,26 @@ FORMATS = ("merged", "peft", "adapter")
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a Lightning checkpoint without executing pickled code (``weights_only=True``)."""
+    """Load a Lightning checkpoint without executing pickled code (``weights_only=True``).
+
+    A folder is a distributed (DCP) checkpoint, as FSDP2 writes with ``save_distributed_checkpoint``:
+    torch's own converter gathers the tensor shards into one file, and Lightning keeps everything
+    else (hyper-parameters, callback states) beside them in ``meta.pt``.
+    """
     path = Path(path)
+    if path.is_dir() and (path / ".metadata").is_file():
+        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+        with tempfile.TemporaryDirectory() as tmp:
+            dcp_to_torch_save(path, Path(tmp) / "full.ckpt")
+            tensors = read_checkpoint(Path(tmp) / "full.ckpt")
+        meta = read_checkpoint(path / "meta.pt") if (path / "meta.pt").is_file() else {}
+        return {**meta, **tensors}
     if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r} does not exist; give a .ckpt file written by fit.")
+        raise FileNotFoundError(
+            f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "
+            "checkpoint folder written by fit."
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated zip, foreign pickle, ...: all mean "not a checkpoint we can trust"

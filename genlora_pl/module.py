@@ -205,18 +205,24 @@ class ClassificationModule(L.LightningModule):
         """Keep only what was trained: a GenLoRA checkpoint of a ViT-B is kilobytes, not 330 MB.
         The frozen weights come back from the pretrained source when it is loaded; a randomly
         initialised backbone (``pretrained=False``) has no such source and is saved whole."""
-        if not (self.hparams.pretrained or self.hparams.checkpoint_path):
+        state = checkpoint["state_dict"]
+        # A distributed checkpoint (FSDP2 DCP folder, FSDP1 sharded) holds DTensor / ShardedTensor
+        # shards that its loader restores key by key, all keys required: it stays whole, spread over
+        # the ranks' files. Full-state files (the shipped configs) are filtered.
+        distributed = any(isinstance(v, torch.Tensor) and type(v) is not torch.Tensor for v in state.values())
+        if distributed or not (self.hparams.pretrained or self.hparams.checkpoint_path):
             checkpoint["trained_only"] = False
             return
         keep = trained_state_keys(self)
-        state = checkpoint["state_dict"]
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         checkpoint["trained_only"] = len(checkpoint["state_dict"]) < len(state)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Check a trained-only checkpoint fits this model before anything is copied."""
         self.configure_model()
-        state = checkpoint.get("state_dict", {})
+        state = checkpoint.get("state_dict")
+        if not state:  # a distributed checkpoint: the strategy restores the module itself, key by key
+            return
         own = self.state_dict()
         unexpected = sorted(set(state) - set(own))
         missing = sorted(trained_state_keys(self) - set(state))

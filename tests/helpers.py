@@ -99,16 +99,21 @@ class RankDump(L.Callback):
 
 
 class Sleep(L.Callback):
-    """Pauses after every training batch (``class_path: helpers.Sleep``), so that a signal sent to a
-    CPU DDP job lands outside a blocking gloo collective, where Python can run its handler at once."""
+    """Pauses after every training batch (``class_path: helpers.Sleep``) and marks the pause with a
+    file ``sleeping<rank>`` in ``marker_dir``, so a test can signal a CPU DDP job while every rank is
+    outside a blocking gloo collective, where Python runs the handler at once."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, marker_dir: str) -> None:
         self.seconds = seconds
+        self.marker_dir = Path(marker_dir)
 
-    def on_train_batch_end(self, *args, **kwargs) -> None:
+    def on_train_batch_end(self, trainer: L.Trainer, *args, **kwargs) -> None:
         import time
 
+        marker = self.marker_dir / f"sleeping{trainer.global_rank}"
+        marker.touch()
         time.sleep(self.seconds)
+        marker.unlink(missing_ok=True)
 
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -94,3 +94,26 @@ def test_fsdp2_matches_an_unsharded_run(tmp_path, weights):
     assert pa.keys() == pb.keys()
     for key in pa:
         torch.testing.assert_close(pa[key], pb[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_fsdp2_distributed_checkpoint_resumes_and_exports(tmp_path, weights):
+    dcp = {**FSDP2, "init_args": {**FSDP2["init_args"], "save_distributed_checkpoint": True}}
+    first = fit(tmp_path / "first", weights, trainer={"accelerator": "cpu", "devices": 2, "strategy": dcp})
+    folder = next(first.rglob("last.ckpt"))
+    assert folder.is_dir() and (folder / ".metadata").is_file()  # a DCP folder, one shard per rank
+    resumed = fit(
+        tmp_path / "resumed",
+        weights,
+        "--ckpt_path",
+        str(folder),
+        trainer={"accelerator": "cpu", "devices": 2, "strategy": dcp, "max_steps": 6},
+    )
+    out = tmp_path / "export"
+    done = run_cli(
+        "export", "--ckpt_path", str(next(resumed.rglob("last.ckpt"))), "--output_dir", str(out), cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "peft" / "adapter_model.safetensors").is_file() and (out / "merged" / "model.safetensors").is_file()
+    from genlora_pl.checkpoint_export import read_checkpoint
+
+    assert read_checkpoint(next(resumed.rglob("last.ckpt")))["global_step"] == 6

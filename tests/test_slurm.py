@@ -5,6 +5,7 @@ second launch that resumes from it by itself."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -97,11 +98,11 @@ def launch(tmp_path: Path, run_dir: Path, logs: Path, max_steps: int, weights: s
         "MASTER_PORT": str(free_port()),
     }
     script = ROOT / "docker" / "slurm" / "single_node.sbatch"
-    # Lightning's handler saves the checkpoint inside the signal handler, with a barrier; a CPU rank
-    # blocked in a gloo collective cannot run its handler until the collective ends, so both ranks
-    # would wait on each other. Real jobs spend most time outside blocking calls (NCCL runs on
-    # streams); the pause after each batch gives this CPU job the same shape.
-    pause = '{"class_path": "helpers.Sleep", "init_args": {"seconds": 0.3}}'
+    # Lightning saves the requeue checkpoint inside the signal handler, with a barrier. A CPU rank
+    # in the middle of gloo collectives runs its handler out of step with the other rank, and both
+    # wait for ever; real jobs spend most time outside blocking calls (NCCL runs on streams). The
+    # pause after each batch, marked on disk, lets the test signal when both ranks are outside them.
+    pause = json.dumps({"class_path": "helpers.Sleep", "init_args": {"seconds": 1.5, "marker_dir": str(logs)}})
     command = ["bash", str(script), "--config", str(overlay), "--trainer.callbacks+", pause]
     return subprocess.Popen(command, cwd=tmp_path, env=env)
 
@@ -117,16 +118,8 @@ def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
     first_logs = tmp_path / "logs1"
     job = launch(tmp_path, run_dir, first_logs, max_steps=100_000, weights=weights)
     try:
-        wait_for(
-            lambda: (
-                "GenLoRA: " in (first_logs / "task0.out").read_text(errors="ignore")
-                if (first_logs / "task0.out").exists()
-                else False
-            ),
-            180,
-            "training to start",
-        )
-        time.sleep(2)
+        paused = [first_logs / f"sleeping{rank}" for rank in (0, 1)]
+        wait_for(lambda: all(p.exists() for p in paused), 180, "both ranks to pause between batches")
         for pid in task_pids(first_logs):  # SLURM signals every task of the job
             os.kill(pid, signal.SIGUSR1)
         hpc = run_dir / "hpc_ckpt_1.ckpt"
