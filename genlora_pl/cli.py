@@ -14,6 +14,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from genlora_pl.callback import GenLoRACallback  # imports genlora_pl.schedules too
 from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
+from genlora_pl.errors import one_line
 from genlora_pl.module import ClassificationModule
 
 
@@ -23,8 +24,6 @@ class Parser(LightningArgumentParser):
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             return super().error(message, ex)
-        from genlora_pl.__main__ import one_line
-
         sys.stderr.write(f"error: {one_line(ValueError(message))} (see `python -m genlora_pl fit --help`)\n")
         self.exit(2)
 

@@ -1,0 +1,37 @@
+"""How a user-fixable error reaches the terminal: one sentence, no traceback.
+
+Shared by the entry point (exceptions raised by our code) and the CLI's argument parser (messages
+that jsonargparse builds, often several lines deep), so both say the same thing the same way.
+"""
+
+from __future__ import annotations
+
+import re
+
+# What a user can fix: a bad value, a missing file or package, an existing output folder.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ModuleNotFoundError, KeyError)
+
+
+def one_line(err: BaseException) -> str:
+    """The sentence that says what is wrong, dug out of jsonargparse's wrapping when needed."""
+    root = err
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    if isinstance(root, USER_ERRORS) and root is not err:
+        err = root
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    reasons = [
+        line[2:] + (" " + lines[i + 1] if line.endswith(":") and i + 1 < len(lines) else "")
+        for i, line in enumerate(lines)
+        if line.startswith("- ") and not line.startswith("- Expected a")
+    ]
+    if reasons:
+        return " ".join(reasons[0].split())
+    key = re.match(r'Parser key "([^"]+)"', lines[0]) if lines else None
+    given = next((m.group(1).strip() for m in map(re.compile(r".*(?:Given|Got) value: (.*)").match, lines) if m), None)
+    if key and given is not None:
+        expected = re.findall(r"<class '([\w.]+)'>", message.split("Given value type")[0])
+        valid = ", ".join(dict.fromkeys(t.replace("NoneType", "null") for t in expected)) or "another value"
+        return f"{key.group(1)}={given!r} is not valid; expected {valid}."
+    return " ".join((lines or [type(err).__name__])[0].split())
