@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from genlora_pl.injection import adapter_layers, model_config, modules_to_save
-from genlora_pl.state import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, save_safetensors
+from genlora_pl.state import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, save_safetensors, saved_modules_state
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PREFIX = "base_model.model."
@@ -54,9 +54,7 @@ def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             b = b[:, :, None, None]  # (m, r, 1, 1)
         state[f"{PREFIX}{name}.lora_A.weight"] = a
         state[f"{PREFIX}{name}.lora_B.weight"] = b
-    for name, module in modules_to_save(model, model_config(model)).items():
-        for key, value in module.state_dict().items():
-            state[f"{PREFIX}{name}.{key}"] = value.detach()
+    state.update({f"{PREFIX}{key}": value.detach() for key, value in saved_modules_state(model).items()})
     return state
 
 

@@ -45,10 +45,16 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         for key, value in layer.state_dict(keep_vars=False).items():
             if not key.startswith("base_layer."):
                 state[f"{name}.{key}"] = value
-    for name, module in modules_to_save(model, model_config(model)).items():
-        for key, value in module.state_dict().items():
-            state[f"{name}.{key}"] = value
-    return state
+    return {**state, **saved_modules_state(model)}
+
+
+def saved_modules_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of the ``modules_to_save`` (a trained head, say), by full module path."""
+    return {
+        f"{name}.{key}": value
+        for name, module in modules_to_save(model, model_config(model)).items()
+        for key, value in module.state_dict().items()
+    }
 
 
 def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], source: str = "state dict") -> None:
