@@ -179,14 +179,36 @@ def test_forward_never_builds_an_m_by_n_matrix(cls):
     assert max(rec.numels) <= 2 * 16 * (512 + 512) < 512 * 512, max(rec.numels)
 
 
-def test_generator_runs_once_per_forward(monkeypatch):
+def test_generator_runs_once_per_side_per_forward_on_the_cpu(monkeypatch):
     calls = []
     original = genlora_module.generate
     monkeypatch.setattr(genlora_module, "generate", lambda *a, **k: calls.append(1) or original(*a, **k))
     lay = layer(r=8)
     calls.clear()
     lay(torch.randn(5, 40))
-    assert len(calls) == 1  # A and B come from one stacked call
+    assert len(calls) == 2  # one call for A, one for B; GPUs use one stacked call (below)
+    calls.clear()
+    lay.generate_factors(stacked=True)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("kernel", ["gaussian", "inverse_quadratic", "inverse_multiquadric"])
+def test_stacked_and_separate_generation_agree_with_gradients(kernel):
+    lay = layer(r=8, kernel=kernel)
+    with torch.no_grad():
+        lay.amps_B.normal_()
+    grads = []
+    for stacked in (False, True):
+        lay.zero_grad()
+        a, b = lay.generate_factors(stacked=stacked)
+        (a.sin().sum() + (b @ a).pow(2).sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in lay.adapter_parameters().items()})
+        if stacked:
+            torch.testing.assert_close(a, first[0], rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(b, first[1], rtol=1e-6, atol=1e-7)
+        first = (a.detach(), b.detach())
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
 def test_generate_is_differentiable_in_every_parameter():
