@@ -1,0 +1,341 @@
+"""Quality of GenLoRA against head-only training, LoRA and full fine-tuning on real offline tasks.
+
+Every run is a real fit through genlora_pl (ClassificationModule, GenLoRACallback, Lightning's
+Trainer) on real pretrained weights and real data; the tasks, methods and learning rates are in
+``benchmarks/quality.yaml``. Each finished run is appended to ``benchmarks/results/quality_runs.jsonl``
+at once, so an interrupted sweep continues where it stopped; ``--summarize`` turns the runs into
+``quality.csv`` (one row per run), ``quality_summary.json`` (mean and spread per method), a
+markdown table and ``quality.png`` (test accuracy against trainable parameters).
+
+    python benchmarks/quality.py --task tweets                  # 15 methods x 3 seeds
+    python benchmarks/quality.py --stage tune                   # validation-only tuning sweep
+    python benchmarks/quality.py --summarize
+
+Test accuracy is that of the model after the last epoch (no checkpoint picked on any split). The
+tuning stage never evaluates the test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+RUNS = "quality_runs.jsonl"
+
+
+def load_config(path: Path) -> dict[str, Any]:
+    return yaml.safe_load(path.read_text())
+
+
+def make_data(spec: dict[str, Any], backbone: str) -> Any:
+    module, _, name = spec["class_path"].rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    return cls(**spec.get("init_args", {}), backbone=backbone)
+
+
+def linear_weights(backbone: Any) -> dict[str, Any]:
+    """Copies of the weights ``all-linear`` would adapt: the reference for full fine-tuning's update."""
+    from genlora_pl.adapters import GenLoRAConfig
+    from genlora_pl.injection import selected_layers
+
+    names = selected_layers(backbone, GenLoRAConfig(target_modules="all-linear"))
+    return {n: backbone.get_submodule(n).weight.detach().clone() for n in names}
+
+
+def update_ranks(backbone: Any, before: dict[str, Any]) -> list[float]:
+    """Entropy effective rank of ``W - W0`` of each layer in ``before`` (full fine-tuning)."""
+    import torch
+
+    from genlora_pl.spectra import effective_rank
+
+    ranks = []
+    for name, w0 in before.items():
+        dw = (backbone.get_submodule(name).weight.detach() - w0).float().flatten(1)
+        ranks.append(effective_rank(torch.linalg.svdvals(dw)))
+    return ranks
+
+
+def run_one(
+    task: dict[str, Any], method: dict[str, Any], seed: int, cfg: dict[str, Any], stage: str, results: Path
+) -> dict[str, Any]:
+    """One fit; returns the row written to the results file."""
+    import lightning as L
+    import torch
+
+    from genlora_pl.callback import GenLoRACallback
+    from genlora_pl.module import ClassificationModule
+    from genlora_pl.schedules import Schedule, WarmupDecay
+    from genlora_pl.spectra import adapter_spectra, parameter_report
+
+    L.seed_everything(seed, verbose=False)
+    data = make_data(task["data"], task["backbone"])
+    kind = method["kind"]
+    lr, wd = float(method["lr"]), float(cfg["optimizer"].get("weight_decay", 0.0))
+    module = ClassificationModule(
+        task["backbone"],
+        num_classes=data.num_classes,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+        lr_scheduler=lambda opt: WarmupDecay(opt, **cfg["scheduler"]),
+        head_only=kind == "head",
+    )
+    callbacks = []
+    if kind in ("lora", "genlora"):
+        extra = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
+        schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
+        callbacks.append(
+            GenLoRACallback(
+                method=kind, r=method["r"], seed=seed, log_every_n_steps=0, plots=False, **extra, **schedules
+            )
+        )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=task["max_epochs"],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        check_val_every_n_epoch=task["max_epochs"] + 1,  # no validation inside fit: validate() below
+        callbacks=callbacks,
+        default_root_dir=str(results / "lightning"),
+    )
+    before: dict[str, Any] = {}
+    if kind == "full":
+        module.configure_model()
+        before = linear_weights(module.backbone)
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data)
+    fit_seconds = time.perf_counter() - start
+    val = trainer.validate(module, datamodule=data, verbose=False)[0]["val/acc"]
+    test = None if stage == "tune" else trainer.test(module, datamodule=data, verbose=False)[0]["test/acc"]
+    backbone = module.backbone
+    if kind in ("lora", "genlora"):
+        ranks = [s.effective_rank for s in adapter_spectra(backbone).values()]
+    elif kind == "full":
+        ranks = update_ranks(backbone, before)
+    else:
+        ranks = []
+    adapter_params = parameter_report(backbone).adapter_params if kind in ("lora", "genlora") else 0
+    trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    return {
+        "stage": stage,
+        "task": task["key"],
+        "method": method["name"],
+        "kind": kind,
+        "settings": {k: v for k, v in method.items() if k not in ("name", "kind")},
+        "seed": seed,
+        "trainable_params": trainable,
+        "adapter_params": adapter_params,
+        "val_acc": float(val),
+        "test_acc": None if test is None else float(test),
+        "mean_effective_rank": statistics.fmean(ranks) if ranks else None,
+        "fit_seconds": round(fit_seconds, 1),
+        "train_samples": len(data.splits["train"]),
+        "eval_samples": len(data.splits["val"]),
+        "test_samples": len(data.splits["test"]),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run_key(row: dict[str, Any]) -> str:
+    return json.dumps([row["stage"], row["task"], row["method"], row["settings"], row["seed"]], sort_keys=True)
+
+
+def planned_key(stage: str, task: str, method: dict[str, Any], seed: int) -> str:
+    settings = {k: v for k, v in method.items() if k not in ("name", "kind")}
+    return run_key({"stage": stage, "task": task, "method": method["name"], "settings": settings, "seed": seed})
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def append_run(path: Path, row: dict[str, Any]) -> None:
+    """One line per finished run, flushed and synced: a killed sweep keeps every finished run."""
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str] | None, seeds: list[int]):
+    if stage == "tune":
+        for tune in cfg["tuning"]:
+            if tasks and tune["task"] not in tasks:
+                continue
+            for variant in tune["variants"]:
+                if variant.get("kind", tune["base"]["kind"]) != tune["base"]["kind"]:
+                    yield tune["task"], variant, 0  # another method: a complete entry of its own
+                    continue
+                name = tune["base"]["name"] + " " + ", ".join(f"{k}={v}" for k, v in variant.items())
+                yield tune["task"], {**tune["base"], **variant, "name": name}, 0
+        return
+    for key in tasks:
+        overrides = cfg["tasks"][key].get("lr", {})  # per-task learning rates by method name
+        for seed in seeds:  # seeds outermost: a partial sweep already covers every method once
+            for method in cfg["methods"]:
+                if methods is None or method["name"] in methods:
+                    yield key, {**method, "lr": overrides.get(method["name"], method["lr"])}, seed
+
+
+def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) -> str:
+    """Write quality.csv, quality_summary.json, quality.png into ``results``; return markdown tables."""
+    results.mkdir(parents=True, exist_ok=True)
+    fields = [
+        "stage", "task", "method", "seed", "trainable_params", "adapter_params", "val_acc", "test_acc",
+        "mean_effective_rank", "fit_seconds", "train_samples", "eval_samples", "settings",
+    ]  # fmt: skip
+    with open(results / "quality.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fields, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({**row, "settings": json.dumps(row["settings"], sort_keys=True)})
+    out: list[str] = []
+    summary: dict[str, Any] = {}
+    order = [m["name"] for m in cfg["methods"]]
+    for key, task in cfg["tasks"].items():
+        done = [r for r in rows if r["stage"] == "final" and r["task"] == key]
+        if not done:
+            continue
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in done:
+            groups.setdefault(r["method"], []).append(r)
+        table = []
+        for name in sorted(groups, key=lambda n: order.index(n) if n in order else len(order)):
+            g = groups[name]
+            tests = [r["test_acc"] for r in g]
+            ranks = [r["mean_effective_rank"] for r in g if r["mean_effective_rank"] is not None]
+            table.append(
+                {
+                    "method": name,
+                    "seeds": len(g),
+                    "trainable_params": g[0]["trainable_params"],
+                    "test_acc_mean": statistics.fmean(tests),
+                    "test_acc_std": statistics.stdev(tests) if len(tests) > 1 else 0.0,
+                    "val_acc_mean": statistics.fmean(r["val_acc"] for r in g),
+                    "effective_rank_mean": statistics.fmean(ranks) if ranks else None,
+                    "fit_seconds_mean": statistics.fmean(r["fit_seconds"] for r in g),
+                }
+            )
+        # Runs recorded before test_samples was: the cap, which every task's test split exceeds.
+        n_test = done[-1].get("test_samples", task["data"]["init_args"].get("max_eval_samples"))
+        sizes = {"train": done[0]["train_samples"], "val": done[0]["eval_samples"], "test": n_test}
+        summary[key] = {"title": task["title"], "samples": sizes, "methods": table}
+        out += [
+            f"\n**{task['title']}**: {sizes['train']:,} training, {sizes['val']:,} validation and {sizes['test']:,} "
+            f"test examples, {task['max_epochs']} epochs; test accuracy: mean ± standard deviation over seeds.\n",
+            "| method | trainable params | test acc (%) | val acc (%) | effective rank of update | fit s | seeds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in table:
+            rank = "-" if t["effective_rank_mean"] is None else f"{t['effective_rank_mean']:.1f}"
+            out.append(
+                f"| {t['method']} | {t['trainable_params']:,} | {100 * t['test_acc_mean']:.1f} ± "
+                f"{100 * t['test_acc_std']:.1f} | {100 * t['val_acc_mean']:.1f} | {rank} | "
+                f"{t['fit_seconds_mean']:.0f} | {t['seeds']} |"
+            )
+    tuned = [r for r in rows if r["stage"] == "tune"]
+    if tuned:
+        out += ["\n**Tuning sweep** (validation accuracy only, seed 0)\n",
+                "| task | run | lr | val acc (%) | effective rank |", "|---|---|---|---|---|"]  # fmt: skip
+        for r in tuned:
+            rank = "-" if r["mean_effective_rank"] is None else f"{r['mean_effective_rank']:.1f}"
+            lr = r["settings"]["lr"]
+            out.append(f"| {r['task']} | {r['method']} | {lr:g} | {100 * r['val_acc']:.1f} | {rank} |")
+    (results / "quality_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    if summary:
+        plot(summary, results)
+    return "\n".join(out)
+
+
+def plot(summary: dict[str, Any], results: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(summary), figsize=(5.2 * len(summary), 4.2), squeeze=False)
+    styles = {"head": ("k", "s"), "LoRA": ("tab:blue", "o"), "GenLoRA": ("tab:red", "^"), "full": ("tab:gray", "D")}
+    for ax, task in zip(axes[0], summary.values(), strict=True):
+        for t in task["methods"]:
+            family = next((f for f in styles if t["method"].startswith(f)), "full")
+            color, marker = styles[family]
+            ax.errorbar(
+                t["trainable_params"], 100 * t["test_acc_mean"], yerr=100 * t["test_acc_std"],
+                color=color, marker=marker, capsize=3, linestyle="none",
+            )  # fmt: skip
+            ax.annotate(t["method"].replace("GenLoRA ", "").replace("LoRA ", ""), (t["trainable_params"],
+                        100 * t["test_acc_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        ax.set_xscale("log")
+        ax.set_xlabel("trainable parameters")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(task["title"], fontsize=8)
+        ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=c, marker=m, linestyle="none", label=f) for f, (c, m) in styles.items()]
+    fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    tmp = results / ".quality.png.tmp"
+    fig.savefig(tmp, format="png", dpi=120)
+    tmp.replace(results / "quality.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=HERE / "quality.yaml")
+    parser.add_argument("--stage", choices=["final", "tune"], default="final")
+    parser.add_argument("--task", nargs="+", help="task keys of the config (default: all)")
+    parser.add_argument("--methods", nargs="+", help="method names of the config (default: all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="default: the config's seeds")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of runs, tables and plot")
+    parser.add_argument("--summarize", action="store_true", help="only write tables and plot from saved runs")
+    args = parser.parse_args()
+    cfg = load_config(args.config)
+    tasks = args.task or list(cfg["tasks"])
+    unknown = [t for t in tasks if t not in cfg["tasks"]]
+    if unknown:
+        parser.error(f"--task {unknown[0]!r} is not in {args.config}; choose from {', '.join(cfg['tasks'])}.")
+    if not args.summarize:
+        import torch
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        done = {run_key(r) for r in read_runs(args.results / RUNS)}
+        for key, method, seed in planned(cfg, args.stage, tasks, args.methods, args.seeds or cfg["seeds"]):
+            if planned_key(args.stage, key, method, seed) in done:
+                continue
+            row = run_one({**cfg["tasks"][key], "key": key}, method, seed, cfg, args.stage, args.results)
+            append_run(args.results / RUNS, row)
+            acc = "" if row["test_acc"] is None else f" test {row['test_acc']:.4f}"
+            rank = row["mean_effective_rank"]
+            print(
+                f"[{key}] {row['method']} seed {seed}: val {row['val_acc']:.4f}{acc}, "
+                f"{row['trainable_params']:,} params, rank {'-' if rank is None else f'{rank:.2f}'}, "
+                f"{row['fit_seconds']:.0f} s",
+                flush=True,
+            )
+    # Tables hold the runs of the current config; runs of settings since changed stay in the runs file.
+    current = {planned_key("final", *p) for p in planned(cfg, "final", list(cfg["tasks"]), None, cfg["seeds"])}
+    current |= {planned_key("tune", *p) for p in planned(cfg, "tune", list(cfg["tasks"]), None, [])}
+    latest = {run_key(r): r for r in read_runs(args.results / RUNS)}  # a run repeated: its last result
+    rows = [r for k, r in latest.items() if k in current]
+    print(summarize(rows, cfg, args.results))
+
+
+if __name__ == "__main__":
+    main()

