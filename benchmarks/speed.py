@@ -36,7 +36,6 @@ from typing import Any
 import torch
 from torch import nn
 
-RANK = 32  # --rank
 METHODS = ("lower bound", "GenLoRA", "LoRA", "PEFT LoRA")
 INFERENCE = ("bare", "GenLoRA merged", "GenLoRA merge_and_unload")
 
@@ -75,7 +74,7 @@ def embedding_output(model: nn.Module) -> nn.Module:
     return model.patch_embed if hasattr(model, "patch_embed") else model.base_model.embeddings
 
 
-def build(name: str, method: str, device: str) -> tuple[nn.Module, torch.optim.Optimizer | None]:
+def build(name: str, method: str, device: str, rank: int) -> tuple[nn.Module, torch.optim.Optimizer | None]:
     from genlora_pl import GenLoRAConfig, LoRAConfig, inject_adapters
     from genlora_pl.injection import head_names, selected_layers
 
@@ -89,13 +88,13 @@ def build(name: str, method: str, device: str) -> tuple[nn.Module, torch.optim.O
     if method == "PEFT LoRA":
         from peft import LoraConfig, get_peft_model
 
-        targets = selected_layers(model, LoRAConfig(r=RANK, target_modules="all-linear"))
+        targets = selected_layers(model, LoRAConfig(r=rank, target_modules="all-linear"))
         model = get_peft_model(
-            model, LoraConfig(r=RANK, lora_alpha=RANK, target_modules=targets, modules_to_save=heads)
+            model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, modules_to_save=heads)
         )
     else:
         cls = GenLoRAConfig if method == "GenLoRA" else LoRAConfig
-        inject_adapters(model, cls(r=RANK, target_modules="all-linear", modules_to_save=heads))
+        inject_adapters(model, cls(r=rank, target_modules="all-linear", modules_to_save=heads))
     model = model.to(device).train()
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
@@ -108,14 +107,14 @@ def train_step(model: nn.Module, opt: torch.optim.Optimizer | None, inputs: dict
         opt.zero_grad(set_to_none=True)
 
 
-def inference_models(name: str, device: str) -> dict[str, nn.Module]:
+def inference_models(name: str, device: str, rank: int) -> dict[str, nn.Module]:
     from genlora_pl import GenLoRAConfig, inject_adapters
     from genlora_pl.injection import merge_adapters, merge_and_unload
 
     models = {"bare": backbone(name)}
     for key in INFERENCE[1:]:
         model = backbone(name)
-        inject_adapters(model, GenLoRAConfig(r=RANK, target_modules="all-linear"))
+        inject_adapters(model, GenLoRAConfig(r=rank, target_modules="all-linear"))
         with torch.no_grad():  # a trained-looking adapter: B != 0
             for n, p in model.named_parameters():
                 if n.endswith("amps_B"):
@@ -146,7 +145,7 @@ def timed_rounds(fns: dict[str, Any], rounds: int, warmup: int, sync: Any) -> di
 def peak_memory_mb(name: str, method: str, args: argparse.Namespace) -> float:
     """Extra memory of a train step in MB (see the module docstring for how it is measured)."""
     if args.device == "cuda":
-        model, opt = build(name, method, "cuda")
+        model, opt = build(name, method, "cuda", args.rank)
         inputs, labels = batch(name, args.vit_batch if name == "vit" else args.text_batch, args.tokens, "cuda")
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -177,7 +176,7 @@ def memory_child(name: str, method: str, args: argparse.Namespace) -> None:
     Sampled every millisecond from a thread (torch releases the GIL inside its ops): the process's
     lifetime peak (``ru_maxrss``) is set by loading the weights, not by training.
     """
-    model, opt = build(name, method, "cpu")
+    model, opt = build(name, method, "cpu", args.rank)
     inputs, labels = batch(name, args.vit_batch if name == "vit" else args.text_batch, args.tokens, "cpu")
     before = resident_mb()
     peak, stop = [before], threading.Event()
@@ -203,16 +202,16 @@ def bench(name: str, args: argparse.Namespace) -> list[str]:
     size = args.vit_batch if name == "vit" else args.text_batch
     inputs, labels = batch(name, size, args.tokens, args.device)
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-    runs = {m: build(name, m, args.device) for m in METHODS}
+    runs = {m: build(name, m, args.device, args.rank) for m in METHODS}
     train = timed_rounds(
         {m: (lambda r=runs[m]: train_step(*r, inputs, labels)) for m in METHODS}, args.rounds, args.warmup, sync
     )
-    measure = GenLoRACallback().measure
+    callback = GenLoRACallback()  # its default logging interval and its measurement
     genlora_model = runs["GenLoRA"][0]
-    spectra = timed_rounds({"spectra": lambda: measure(genlora_model, 0)}, args.rounds, 1, sync)["spectra"]
-    interval = GenLoRACallback().log_every_n_steps
+    spectra = timed_rounds({"spectra": lambda: callback.measure(genlora_model, 0)}, args.rounds, 1, sync)["spectra"]
+    interval = callback.log_every_n_steps
     del runs
-    models = inference_models(name, args.device)
+    models = inference_models(name, args.device, args.rank)
 
     def infer(model: nn.Module) -> None:
         with torch.no_grad():
@@ -224,7 +223,7 @@ def bench(name: str, args: argparse.Namespace) -> list[str]:
 
     what = "ViT-S/16, 224 px" if name == "vit" else f"MiniLM-L6 (real weights), {args.tokens} tokens"
     lines = [
-        f"\n**{what}, batch {size}, rank {RANK} on every linear layer but the head, {device_name(args)}**\n",
+        f"\n**{what}, batch {size}, rank {args.rank} on every linear layer but the head, {device_name(args)}**\n",
         "| train step | ms (median) | / our LoRA | / lower bound | peak step memory (MB) |",
         "|---|---|---|---|---|",
     ]
@@ -251,7 +250,6 @@ def device_name(args: argparse.Namespace) -> str:
 
 
 def main() -> None:
-    global RANK
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--backbones", nargs="+", default=["vit", "minilm"], choices=["vit", "minilm"])
@@ -260,17 +258,16 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=10, help="timed rounds; the figure is their median")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--rank", type=int, default=RANK, help="rank of every adapter method (default 32)")
+    parser.add_argument("--rank", type=int, default=32, help="rank of every adapter method")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--memory-child", nargs=2, metavar=("BACKBONE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    RANK = args.rank
     if args.memory_child:
         memory_child(*args.memory_child, args)
         return
-    print(f"torch {torch.__version__}; GenLoRA r={RANK} g=2 (defaults), LoRA and PEFT LoRA r={RANK}, alpha=r")
+    print(f"torch {torch.__version__}; GenLoRA r={args.rank} g=2 (defaults), LoRA and PEFT LoRA r={args.rank}, alpha=r")
     for name in args.backbones:
         print("\n".join(bench(name, args)), flush=True)
 
