@@ -10,52 +10,24 @@ Writes into ``output_dir``:
 - ``adapter/``: the genlora_pl adapter folder (``load_adapter``).
 
 Everything is written into a temporary folder beside ``output_dir`` and moved into place at the
-end, so an existing export is never left half-overwritten.
+end (``state.write_folder``), so an existing export is never left half-overwritten.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genlora_pl.checkpoints import read_checkpoint
+from genlora_pl.state import recover_folder, write_folder
+
+__all__ = ["export_checkpoint", "read_checkpoint", "restore_module"]
+
 FORMATS = ("merged", "peft", "adapter")
-
-
-def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a Lightning checkpoint without executing pickled code (``weights_only=True``).
-
-    A folder is a distributed (DCP) checkpoint, as FSDP2 writes with ``save_distributed_checkpoint``:
-    torch's own converter gathers the tensor shards into one file, and Lightning keeps everything
-    else (hyper-parameters, callback states) beside them in ``meta.pt``.
-    """
-    path = Path(path)
-    if path.is_dir() and (path / ".metadata").is_file():
-        from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-        with tempfile.TemporaryDirectory() as tmp:
-            dcp_to_torch_save(path, Path(tmp) / "full.ckpt")
-            tensors = read_checkpoint(Path(tmp) / "full.ckpt")
-        meta = read_checkpoint(path / "meta.pt") if (path / "meta.pt").is_file() else {}
-        return {**meta, **tensors}
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "
-            "checkpoint folder written by fit."
-        )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...: all mean "not a checkpoint we can trust"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"cannot load checkpoint {path}: it is damaged or not a plain Lightning checkpoint ({first})."
-        ) from None
 
 
 def adapter_config_of(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
@@ -134,7 +106,8 @@ def export_checkpoint(
     if bad or not formats:
         raise ValueError(f"formats={formats!r} is not valid; choose among {', '.join(FORMATS)}.")
     out = Path(output_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
+    recover_folder(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise FileExistsError(
             f"output_dir={output_dir!r} exists and is not empty; pass --overwrite true to replace it."
         )
@@ -143,30 +116,20 @@ def export_checkpoint(
     has_adapters = adapter_config_of(checkpoint) is not None
     if not has_adapters and ("peft" in formats or "adapter" in formats):
         raise ValueError(f"{ckpt_path} was trained without adapters; only formats=['merged'] applies.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+
+    def fill(folder: Path) -> None:
         if "adapter" in formats:
             from genlora_pl.state import save_adapter
 
-            save_adapter(module.backbone, tmp / "adapter")
+            save_adapter(module.backbone, folder / "adapter")
         if "peft" in formats:
             from genlora_pl.export import export_peft
 
-            export_peft(module.backbone, tmp / "peft")
+            export_peft(module.backbone, folder / "peft")
         if "merged" in formats:  # last: merging removes the adapter modules
-            _save_merged(module.backbone, module.backbone_name, tmp / "merged")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            _save_merged(module.backbone, module.backbone_name, folder / "merged")
+
+    write_folder(out, fill)
     written = {f: str(out / f) for f in formats}
     print(json.dumps(written, indent=2))
     return written

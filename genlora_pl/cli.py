@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from genlora_pl.callback import GenLoRACallback  # imports genlora_pl.schedules too
 from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
 from genlora_pl.errors import one_line
+from genlora_pl.faults import FaultTolerance
 from genlora_pl.module import ClassificationModule
 
 
@@ -29,21 +30,31 @@ class Parser(LightningArgumentParser):
 
 
 class GenLoRACLI(LightningCLI):
-    """LightningCLI with an ``adapter:`` section (the :class:`GenLoRACallback`, always present)."""
+    """LightningCLI with an ``adapter:`` section (the :class:`GenLoRACallback`) and a ``faults:``
+    section (:class:`FaultTolerance`), both always present."""
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(GenLoRACallback, "adapter")
+        parser.add_lightning_class_args(FaultTolerance, "faults")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
 
 
+SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
+
+
 def run(args: list[str] | None = None) -> GenLoRACLI:
-    return GenLoRACLI(
-        ClassificationModule,
-        ClassificationData,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        parser_class=Parser,
-        auto_configure_optimizers=False,
-    )
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        return GenLoRACLI(
+            ClassificationModule,
+            ClassificationData,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+            parser_class=Parser,
+            auto_configure_optimizers=False,
+        )
+    except SIGTERMException:  # a SystemExit with code 0 otherwise: the job would look finished
+        raise SystemExit(SIGTERM_EXIT) from None

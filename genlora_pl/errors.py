@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import re
 
-# What a user can fix: a bad value, a missing file or package, an existing output folder.
-USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, ModuleNotFoundError, KeyError)
+# What a user can fix: a bad value, a missing or damaged file, a missing package, an existing output
+# folder, a full disk (OSError), a diverged run (FloatingPointError).
+USER_ERRORS = (ValueError, TypeError, OSError, ModuleNotFoundError, KeyError, FloatingPointError)
 
 
 def one_line(err: BaseException) -> str:

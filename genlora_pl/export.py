@@ -20,7 +20,14 @@ import torch
 from torch import nn
 
 from genlora_pl.injection import adapter_layers, model_config, modules_to_save
-from genlora_pl.state import CONFIG_NAME, WEIGHTS_NAME, atomic_write_text, save_safetensors, saved_modules_state
+from genlora_pl.state import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    atomic_write_text,
+    save_safetensors,
+    saved_modules_state,
+    write_folder,
+)
 
 PEFT_CONFIG_NAME = "adapter_config.json"
 PREFIX = "base_model.model."
@@ -85,12 +92,15 @@ def peft_config(model: nn.Module) -> dict[str, Any]:
 
 
 def export_peft(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write the model's adapters as a PEFT LoRA folder that ``PeftModel.from_pretrained`` loads."""
+    """Write the model's adapters as a PEFT LoRA folder that ``PeftModel.from_pretrained`` loads
+    (built whole beside ``directory`` and renamed into place)."""
     config = model_config(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    save_safetensors(peft_state_dict(model), directory / WEIGHTS_NAME, metadata={"format": "pt"})
-    atomic_write_text(directory / PEFT_CONFIG_NAME, json.dumps(peft_config(model), indent=2) + "\n")
+    state, peft_meta = peft_state_dict(model), peft_config(model)
     meta = {"exported_as": "peft-lora", "config": config.to_dict(), "layers": list(adapter_layers(model))}
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
-    return directory
+
+    def fill(folder: Path) -> None:
+        save_safetensors(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_write_text(folder / PEFT_CONFIG_NAME, json.dumps(peft_meta, indent=2) + "\n")
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+
+    return write_folder(directory, fill, owned={WEIGHTS_NAME, PEFT_CONFIG_NAME, CONFIG_NAME})

@@ -3,16 +3,19 @@
 An adapter folder holds ``adapter_model.safetensors`` (adapter parameters, ``gate`` and
 ``temperature`` buffers, ``modules_to_save`` weights; safetensors cannot carry code, so loading one
 is safe) and ``genlora_config.json`` (the adapter config, the adapted layers with their shapes, and
-the SHA-256 of the weights file so a torn or corrupted pair is caught). Every file is written to a
-temporary name in the same folder and renamed over the old one, so a crash mid-write leaves the
-previous good file intact.
+the SHA-256 of the weights file so a corrupted file is caught). A folder is written whole into a
+temporary sibling and renamed into place (:func:`write_folder`), and every single file to a temporary
+name renamed over the old one (:func:`atomic_write`), so a crash mid-write leaves the previous good
+adapter intact.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -88,9 +91,23 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], so
             value.copy_(state[key].to(dtype=value.dtype, device=value.device))
 
 
+def _remove_stale(folder: Path, prefix: str) -> None:
+    """Temporary files or folders a killed writer left behind (one writer per path is assumed)."""
+    for stale in folder.glob(f"{glob.escape(prefix)}*.tmp"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename over ``path``; a failure leaves ``path`` untouched."""
+    """Call ``write(tmp_path)`` then rename over ``path``; a failure leaves ``path`` untouched.
+
+    The temporary file lies beside ``path`` (same file system, so the rename is atomic) and is
+    fsynced before the rename, so a crash or power loss leaves either the old or the new file.
+    """
     path = Path(path)
+    _remove_stale(path.parent, f".{path.name}.")
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     umask = os.umask(0)
@@ -108,6 +125,61 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _old(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def recover_folder(target: str | os.PathLike) -> None:
+    """Put back a folder that a crash in the middle of :func:`write_folder`'s two renames left as
+    ``.<name>.old``; drop a stale ``.old`` when the new folder made it."""
+    target = Path(target)
+    old = _old(target)
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+
+
+def write_folder(target: str | os.PathLike, fill: Callable[[Path], None], owned: set[str] | None = None) -> Path:
+    """Build a folder with ``fill(staging)`` in a temporary sibling and move it to ``target``.
+
+    An existing ``target`` is replaced only after the new folder is complete: it is renamed to
+    ``.<name>.old``, the new one renamed in, then the old one removed; a crash between the two
+    renames is undone by :func:`recover_folder` (called here and by the loaders). With ``owned``,
+    an existing ``target`` that holds other files is refused rather than deleted.
+    """
+    target = Path(target)
+    recover_folder(target)
+    _remove_stale(target.parent, f".{target.name}.")
+    if owned is not None and target.is_dir():
+        foreign = sorted(p.name for p in target.iterdir() if p.name not in owned)
+        if foreign:
+            raise FileExistsError(
+                f"{target} holds files this save would delete ({', '.join(foreign[:3])}); "
+                "choose an empty folder or one written by the same save."
+            )
+    if target.exists() and not target.is_dir():
+        raise FileExistsError(f"{target} exists and is a file; give a folder path.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(staging, 0o777 & ~umask)
+        fill(staging)
+        if target.exists():
+            os.replace(target, _old(target))
+            os.replace(staging, target)
+            shutil.rmtree(_old(target), ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
 
 
 def _sha256(path: Path) -> str:
@@ -148,19 +220,23 @@ def _describe(model: nn.Module) -> dict[str, Any]:
 
 
 def save_adapter(model: nn.Module, directory: str | os.PathLike) -> Path:
-    """Write the model's adapter to ``directory`` (created if needed); returns the folder."""
+    """Write the model's adapter to ``directory`` (created, or replaced whole if it is an adapter
+    folder already); returns the folder."""
     config = model_config(model)
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = directory / WEIGHTS_NAME
-    save_safetensors(adapter_state_dict(model), weights, metadata={"format": "pt", "adapter": config.name})
-    meta = {**_describe(model), "config": config.to_dict(), "weights_sha256": _sha256(weights)}
-    atomic_write_text(directory / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
-    return directory
+    state = adapter_state_dict(model)
+
+    def fill(folder: Path) -> None:
+        weights = folder / WEIGHTS_NAME
+        save_safetensors(state, weights, metadata={"format": "pt", "adapter": config.name})
+        meta = {**_describe(model), "config": config.to_dict(), "weights_sha256": _sha256(weights)}
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+
+    return write_folder(directory, fill, owned={WEIGHTS_NAME, CONFIG_NAME})
 
 
 def read_adapter_config(directory: str | os.PathLike) -> tuple[AdapterConfig, dict[str, Any]]:
     """The config and the metadata of an adapter folder, checked for readability."""
+    recover_folder(directory)
     path = Path(directory) / CONFIG_NAME
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist; an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME}.")

@@ -136,3 +136,40 @@ def fit_debug(folder: Path, overlay: dict, *extra: str) -> Path:
     out = run_cli("fit", "--config", debug, "--config", str(folder / "overlay.yaml"), *extra, cwd=folder)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
     return folder
+
+
+class PoisonAt(L.Callback):
+    """Sets one trained parameter to NaN before training batch ``step`` (``class_path:
+    helpers.PoisonAt``): a deterministic stand-in for a run that diverges there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, *args, **kwargs) -> None:
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(p for p in pl_module.parameters() if p.requires_grad).fill_(float("nan"))
+
+
+def start_cli(*args: str, cwd: Path) -> subprocess.Popen:
+    """``python -m genlora_pl ARGS`` started in the background (for tests that signal it)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "genlora_pl", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    import time
+
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

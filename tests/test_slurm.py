@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import write_tiny_vit_weights
+from helpers import wait_for, write_tiny_vit_weights
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -46,15 +46,6 @@ def free_port() -> int:
 def task_pids(logs: Path) -> list[int]:
     pids = logs / "pids"
     return [int(p) for p in pids.read_text().split()] if pids.exists() else []
-
-
-def wait_for(predicate, timeout: float, what: str) -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def launch(tmp_path: Path, run_dir: Path, logs: Path, max_steps: int, weights: str) -> subprocess.Popen:

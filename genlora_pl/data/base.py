@@ -8,12 +8,18 @@ the tokenizer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import itertools
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler, Subset
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+# torchdata 0.11 calls a torch function deprecated since (a no-op): say nothing about it to users
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
 def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
@@ -35,6 +41,42 @@ def limit(dataset: Dataset, count: int | None, seed: int) -> Dataset:
         return dataset
     idx = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:count].tolist()
     return Subset(dataset, sorted(idx))
+
+
+class ResumableSampler(DistributedSampler):
+    """The training order, a pure function of ``(seed, epoch)``, whose position is saved in
+    checkpoints (``StatefulDataLoader`` stores its ``state_dict``).
+
+    Two things torchdata's own ``StatefulDistributedSampler`` and Lightning do not get right
+    together, measured on Lightning 2.6 / torchdata 0.11: the saved state carries the *epoch*,
+    because on resume Lightning builds the iterator (and loader workers draw their first indices)
+    before it calls ``set_epoch``; and a state taken after the last batch of an epoch resumes at the
+    start of the next one, because Lightning keeps using the restored, exhausted iterator for that
+    next epoch.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.yielded = 0
+        self._resume_at: int | None = None
+
+    def __iter__(self) -> Iterator[int]:
+        # a generator: nothing is drawn until the first batch, after Lightning's set_epoch
+        start, self._resume_at = self._resume_at or 0, None
+        self.yielded = start
+        for index in itertools.islice(super().__iter__(), start, None):
+            self.yielded += 1
+            yield index
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, yielded = int(state["epoch"]), int(state["yielded"])
+        if yielded >= self.num_samples:
+            epoch, yielded = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume_at = yielded
 
 
 class TransformedDataset(Dataset):
@@ -131,17 +173,21 @@ class ClassificationData(L.LightningDataModule):
             )
         return self.batch_size // world
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, shuffle: bool) -> StatefulDataLoader:
+        """A ``StatefulDataLoader``: its position goes into checkpoints, so a fit resumed from a
+        mid-epoch checkpoint continues with the next batch instead of restarting the epoch. Its own
+        generator seeds the workers, so building an iterator does not draw from the global RNG
+        (which a resumed fit restores; see ``faults.FaultTolerance``)."""
         self.setup()
         dataset = self.splits[split]
         sampler = None
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if shuffle and world == 1:
-            # The order depends only on (seed, epoch): Lightning calls set_epoch, so a run resumed
-            # from an epoch-end checkpoint sees the same batches as an uninterrupted one. With
-            # several processes Lightning puts in its own DistributedSampler, seeded the same way.
-            sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=self.seed)
-        return DataLoader(
+        if shuffle:
+            # Given here for any number of processes (Lightning keeps a DistributedSampler it is
+            # handed): the order depends only on (seed, epoch), and its position is resumable.
+            parts = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
+            parts = parts or {"num_replicas": 1, "rank": 0}
+            sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed, **parts)
+        return StatefulDataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
             shuffle=shuffle and sampler is None,
@@ -150,16 +196,17 @@ class ClassificationData(L.LightningDataModule):
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> StatefulDataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> StatefulDataLoader:
         return self._loader("val", shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False)
 
-    def predict_dataloader(self) -> DataLoader:
+    def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False)
