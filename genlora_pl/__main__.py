@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from genlora_pl.errors import USER_ERRORS, one_line
+from genlora_pl.errors import is_user_error, one_line
 
 USAGE = """\
 usage: python -m genlora_pl {fit,validate,test,predict,export} [options]
@@ -44,10 +44,11 @@ def main(argv: list[str] | None = None) -> int:
             from genlora_pl.cli import run
 
             run(argv if explicit else None)
-    except USER_ERRORS as err:
-        if os.environ.get("GENLORA_PL_DEBUG"):
+    except Exception as err:
+        if not is_user_error(err) or os.environ.get("GENLORA_PL_DEBUG"):
             raise
-        print(f"error: {one_line(err)}", file=sys.stderr)
+        prefix = "these trainer settings cannot run here: " if type(err).__name__ == "MisconfigurationException" else ""
+        print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
         return 2
     return 0
 

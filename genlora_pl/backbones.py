@@ -73,6 +73,24 @@ def hf_path(name: str) -> str:
     return name
 
 
+def check_hf_source(name: str) -> None:
+    """Fail now, with the name in the sentence, when an ``hf:`` backbone cannot be found: a folder
+    that does not exist, or a hub id that is neither cached nor reachable."""
+    from transformers import AutoConfig
+
+    path = hf_path(name)
+    if name.startswith((".", "/", "~")) and not os.path.isdir(os.path.expanduser(path)):
+        raise ValueError(f"backbone='hf:{name}' is not an existing folder; give a save_pretrained folder or a hub id.")
+    try:
+        AutoConfig.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(
+            f"backbone='hf:{name}' cannot be loaded: it is not a local folder, and the hub has no such model "
+            f"or cannot be reached from here ({first})"
+        ) from None
+
+
 @dataclass(frozen=True)
 class BackboneSpec:
     """A parsed backbone name."""

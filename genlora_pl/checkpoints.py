@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from pathlib import Path
@@ -66,9 +67,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only refuses any global that is not a tensor, a container or a plain value
+        culprit = re.search(r"GLOBAL ([\w.]+)", str(err))
+        what = f"a pickled reference to {culprit.group(1)}" if culprit else "pickled objects"
         raise ValueError(
-            f"refusing to load checkpoint {path}: it holds pickled objects or code that a safe load does not run "
-            f"({_first_line(err).removeprefix('Weights only load failed. ')}); only plain Lightning checkpoints load."
+            f"refusing to load checkpoint {path}: it holds {what}, code that a safe load does not run; "
+            "only plain Lightning checkpoints load."
         ) from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ValueError(

@@ -8,11 +8,13 @@ The data module decides ``num_classes`` (linked into the model) and receives the
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from genlora_pl.callback import GenLoRACallback  # imports genlora_pl.schedules too
+from genlora_pl.callback import GenLoRACallback
+from genlora_pl.checkpoints import read_checkpoint  # imports genlora_pl.schedules too
 from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
 from genlora_pl.errors import one_line
 from genlora_pl.faults import FaultTolerance
@@ -32,6 +34,15 @@ class Parser(LightningArgumentParser):
 class GenLoRACLI(LightningCLI):
     """LightningCLI with an ``adapter:`` section (the :class:`GenLoRACallback`) and a ``faults:``
     section (:class:`FaultTolerance`), both always present."""
+
+    def _parse_ckpt_path(self) -> None:
+        # LightningCLI reads the checkpoint's hyper-parameters before anything else, with torch's
+        # own errors; read it through ours first so that a damaged or hostile file is one sentence.
+        subcommand = self.config.get("subcommand")
+        path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and Path(path).is_file():
+            read_checkpoint(path)
+        super()._parse_ckpt_path()
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(GenLoRACallback, "adapter")

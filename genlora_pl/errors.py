@@ -11,6 +11,26 @@ import re
 # What a user can fix: a bad value, a missing or damaged file, a missing package, an existing output
 # folder, a full disk (OSError), a diverged run (FloatingPointError).
 USER_ERRORS = (ValueError, TypeError, OSError, ModuleNotFoundError, KeyError, FloatingPointError)
+# Lightning's own "your Trainer settings cannot work here" (no GPU for accelerator=gpu, ...), matched by
+# name so that this module stays importable without Lightning.
+USER_ERROR_NAMES = {"MisconfigurationException"}
+
+
+def is_user_error(err: BaseException) -> bool:
+    return isinstance(err, USER_ERRORS) or type(err).__name__ in USER_ERROR_NAMES
+
+
+def _expected(message: str) -> str:
+    """The valid values jsonargparse lists in ``Expected a ...`` lines: Literal members and types."""
+    values: list[str] = []
+    for line in message.split("Given value type")[0].splitlines():
+        literal = re.search(r"Expected a typing\.Literal\[(.*)\]", line)
+        if literal:
+            values += [v.strip() for v in literal.group(1).split(",")]
+        values += re.findall(r"Expected a <class '([\w.]+)'>", line)
+    if not values:
+        values = re.findall(r"<class '([\w.]+)'>", message.split("Given value type")[0])
+    return ", ".join(dict.fromkeys(v.replace("NoneType", "null") for v in values)) or "another value"
 
 
 def one_line(err: BaseException) -> str:
@@ -32,7 +52,12 @@ def one_line(err: BaseException) -> str:
     key = re.match(r'Parser key "([^"]+)"', lines[0]) if lines else None
     given = next((m.group(1).strip() for m in map(re.compile(r".*(?:Given|Got) value: (.*)").match, lines) if m), None)
     if key and given is not None:
-        expected = re.findall(r"<class '([\w.]+)'>", message.split("Given value type")[0])
-        valid = ", ".join(dict.fromkeys(t.replace("NoneType", "null") for t in expected)) or "another value"
-        return f"{key.group(1)}={given!r} is not valid; expected {valid}."
+        return f"{key.group(1)}={given!r} is not valid; expected one of {_expected(message)}."
+    if lines and lines[0].startswith("Problems parsing config"):
+        detail = " ".join(" ".join(lines).removeprefix("Problems parsing config:").split())
+        detail = detail.replace(' in "<unicode string>",', " at")
+        return f"a --config file is not valid YAML: {detail}."
+    missing = re.match(r'Parser key "config": File does not exist: (.*)', lines[0]) if lines else None
+    if missing:
+        return f"the config file {missing.group(1)} does not exist."
     return " ".join((lines or [type(err).__name__])[0].split())

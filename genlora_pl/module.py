@@ -23,7 +23,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from genlora_pl.backbones import BackboneSpec, build_backbone
+from genlora_pl.backbones import BackboneSpec, build_backbone, check_hf_source
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 
 
@@ -95,7 +95,9 @@ class ClassificationModule(L.LightningModule):
         fsdp_blocks: list[str] | None = None,
     ) -> None:
         super().__init__()
-        BackboneSpec.parse(backbone)  # a bad name fails now, not after the data is loaded
+        spec = BackboneSpec.parse(backbone)  # a bad name fails now, not after the data is loaded
+        if spec.library == "hf":
+            check_hf_source(spec.name)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -155,8 +157,25 @@ class ClassificationModule(L.LightningModule):
         if isinstance(batch, dict):
             out = model(**{k: v for k, v in batch.items() if k != "labels"})
         else:
-            out = model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._check_image_size(images)
+            out = model(images)
         return out.logits if hasattr(out, "logits") else out
+
+    def _check_image_size(self, images: torch.Tensor) -> None:
+        """A timm model with a fixed input size (ViTs) fails deep inside on other sizes; say which
+        two settings disagree instead."""
+        embed = getattr(self.backbone, "patch_embed", None)
+        size = tuple(getattr(embed, "img_size", None) or ())
+        if not size or not getattr(embed, "strict_img_size", False) or getattr(embed, "dynamic_img_size", False):
+            return
+        if images.ndim == 4 and tuple(images.shape[-2:]) != size:
+            h, w = images.shape[-2:]
+            raise ValueError(
+                f"the images are {h}x{w} but {self.backbone_name} was built for {size[0]}x{size[1]} inputs; "
+                f"set data.init_args.image_size: {size[0]}, or model.backbone_kwargs.img_size: {h} "
+                "(or dynamic_img_size: true)."
+            )
 
     def model_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         labels = batch["labels"] if isinstance(batch, dict) else batch[1]
@@ -217,9 +236,39 @@ class ClassificationModule(L.LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
         checkpoint["trained_only"] = len(checkpoint["state_dict"]) < len(state)
 
+    def differences(self, checkpoint: dict[str, Any]) -> list[str]:
+        """``"<setting>=<there> there, <here> here"`` for each setting that shapes the trained weights
+        (backbone, classes, adapter method, rank, targets, ...) and differs from this model's."""
+        from genlora_pl.checkpoint_export import adapter_config_of
+        from genlora_pl.injection import CONFIG_ATTR
+
+        saved = checkpoint.get("hyper_parameters", {})
+        out = [
+            f"{key}={saved[key]!r} there, {self.hparams.get(key)!r} here"
+            for key in ("backbone", "num_classes", "backbone_kwargs", "head_only")
+            if key in saved and saved[key] != self.hparams.get(key)
+        ]
+        theirs = adapter_config_of(checkpoint)
+        mine = getattr(self.backbone, CONFIG_ATTR, None)
+        mine = mine.to_dict() if mine is not None else None
+        if (theirs is None) != (mine is None):
+            out.append(f"{'adapters' if theirs else 'no adapters'} there, {'adapters' if mine else 'none'} here")
+        elif theirs and mine:
+            keys = sorted((set(theirs) | set(mine)) - {"modules_to_save"})
+            out += [f"{k}={theirs.get(k)!r} there, {mine.get(k)!r} here" for k in keys if theirs.get(k) != mine.get(k)]
+        return out
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Check a trained-only checkpoint fits this model before anything is copied."""
+        """Check a checkpoint fits this model before anything is copied: first the settings that
+        shape the weights (one sentence with what differs), then every key and shape."""
         self.configure_model()
+        differences = self.differences(checkpoint)
+        if differences:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise ValueError(
+                f"the checkpoint{f' {path}' if path else ''} was saved for another model ({'; '.join(differences)}); "
+                "resume with the settings it was trained with, or start a new fit without --ckpt_path."
+            )
         state = checkpoint.get("state_dict")
         if not state:  # a distributed checkpoint: the strategy restores the module itself, key by key
             return

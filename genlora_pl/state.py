@@ -266,8 +266,9 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
         )
     current = getattr(model, "genlora_pl_config", None)
     if current is not None and current != config:
-        diff = {k: (v, current.to_dict().get(k)) for k, v in config.to_dict().items() if current.to_dict().get(k) != v}
-        raise ValueError(f"{directory} was saved with a different adapter config (file, model): {diff}.")
+        mine = current.to_dict()
+        diff = [f"{k}={v!r} there, {mine.get(k)!r} here" for k, v in config.to_dict().items() if mine.get(k) != v]
+        raise ValueError(f"{directory} was saved with other adapter settings ({'; '.join(diff)}).")
     if meta.get("backbone") and meta["backbone"] != type(model).__name__:
         raise ValueError(f"{directory} was saved for a {meta['backbone']}, not a {type(model).__name__}.")
     state = load_safetensors(weights)
@@ -279,7 +280,7 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     here = {n: list(layer_dims(modules[n], check_supported(n, modules[n]))) for n in selected_layers(model, config)}
     if expected is not None and expected != here:
         raise ValueError(
-            f"{directory} adapts layers {_summary(expected)} but this model's matching layers are {_summary(here)}."
+            f"{directory} was saved for another backbone or target set: {_layer_difference(expected, here)}."
         )
     names = inject_adapters(model, config)
     try:
@@ -290,11 +291,21 @@ def load_adapter(model: nn.Module, directory: str | os.PathLike) -> list[str]:
     return names
 
 
-def _summary(layers: dict[str, list[int]]) -> str:
-    items = list(layers.items())
-    return (
-        "{"
-        + ", ".join(f"{n}: {tuple(s)}" for n, s in items[:3])
-        + (", ..." if len(items) > 3 else "")
-        + f"}} ({len(items)} layers)"
-    )
+def _layer_difference(there: dict[str, list[int]], here: dict[str, list[int]]) -> str:
+    """What differs between the layers an adapter was saved for and the model's matching layers."""
+
+    def names(items: list[str]) -> str:
+        return ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    only_there = [n for n in there if n not in here]
+    only_here = [n for n in here if n not in there]
+    reshaped = [n for n in there if n in here and list(there[n]) != list(here[n])]
+    parts = []
+    if only_there:
+        parts.append(f"it adapts {names(only_there)}, which this model does not have")
+    if only_here:
+        parts.append(f"this model's {names(only_here)} match the targets but are not in it")
+    if reshaped:
+        n = reshaped[0]
+        parts.append(f"{n} is {tuple(there[n])} there, {tuple(here[n])} here")
+    return "; ".join(parts)

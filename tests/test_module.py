@@ -143,7 +143,9 @@ def test_checkpoint_for_another_adapter_is_refused(tmp_path, bert):
     path = tmp_path / "x.ckpt"
     t.save_checkpoint(path)
     other = ClassificationModule(backbone=f"hf:{bert}", num_classes=2)
-    with pytest.raises(ValueError, match="the checkpoint does not fit this model"):
+    with pytest.raises(
+        ValueError, match=r"x.ckpt was saved for another model \(adapter='lora' there, 'genlora' here; "
+    ):
         trainer(tmp_path, [GenLoRACallback(method="genlora", r=4, log_every_n_steps=0)], max_steps=2).fit(
             other, datamodule=text_data(tmp_path, bert), ckpt_path=path
         )

@@ -47,12 +47,17 @@ def layer_kind(module: nn.Module) -> str | None:
     conv1d = conv1d_class()
     if conv1d is not None and isinstance(module, conv1d):
         return "conv1d"
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
+    if (
+        isinstance(module, nn.Conv2d)
+        and module.groups == 1
+        and module.padding_mode == "zeros"
+        and type(module).forward is nn.Conv2d.forward
+    ):
         return "conv2d"
     return None
 
 
-SUPPORTED = "nn.Linear, transformers Conv1D and nn.Conv2d (groups=1, zero padding)"
+SUPPORTED = "nn.Linear, transformers Conv1D and plain nn.Conv2d (groups=1, zero padding)"
 
 
 def check_supported(path: str, module: nn.Module) -> str:
@@ -60,7 +65,11 @@ def check_supported(path: str, module: nn.Module) -> str:
     kind = layer_kind(module)
     if kind is None:
         detail = ""
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.Conv2d) and type(module).forward is not nn.Conv2d.forward:
+            # timm's Conv2dSame pads at run time, StdConv2d standardises its weight: an update
+            # applied with the layer's static settings would not line up with its output
+            detail = " whose own forward pads or transforms the weight at run time"
+        elif isinstance(module, nn.Conv2d):
             detail = f" with groups={module.groups}, padding_mode={module.padding_mode!r}"
         raise TypeError(
             f"cannot adapt {path!r}: it is a {type(module).__module__}.{type(module).__name__}{detail}; "

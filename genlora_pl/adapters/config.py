@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -22,6 +23,12 @@ def _check_patterns(name: str, value: Any, allow_none: bool) -> None:
     if isinstance(value, str):
         if not value:
             raise ValueError(f"{name}='' is not valid; give a regex, a list of module names or 'all-linear'.")
+        try:
+            re.compile(value)
+        except re.error as err:
+            raise ValueError(
+                f"{name}={value!r} is not a valid regular expression ({err}); give a regex, or a list of module names."
+            ) from None
         return
     if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
         if not value and name == "target_modules":
