@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import importlib
+import io
 import json
 import statistics
 import time
@@ -195,16 +196,19 @@ def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str
 
 def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) -> str:
     """Write quality.csv, quality_summary.json, quality.png into ``results``; return markdown tables."""
+    from genlora_pl.state import atomic_write_text
+
     results.mkdir(parents=True, exist_ok=True)
     fields = [
         "stage", "task", "method", "seed", "trainable_params", "adapter_params", "val_acc", "test_acc",
         "mean_effective_rank", "fit_seconds", "train_samples", "eval_samples", "settings",
     ]  # fmt: skip
-    with open(results / "quality.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fields, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "settings": json.dumps(row["settings"], sort_keys=True)})
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fields, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "settings": json.dumps(row["settings"], sort_keys=True)})
+    atomic_write_text(results / "quality.csv", table.getvalue())  # an interrupted summary keeps the old one
     out: list[str] = []
     summary: dict[str, Any] = {}
     order = [m["name"] for m in cfg["methods"]]
@@ -257,7 +261,7 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
             rank = "-" if r["mean_effective_rank"] is None else f"{r['mean_effective_rank']:.1f}"
             lr = r["settings"]["lr"]
             out.append(f"| {r['task']} | {r['method']} | {lr:g} | {100 * r['val_acc']:.1f} | {rank} |")
-    (results / "quality_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    atomic_write_text(results / "quality_summary.json", json.dumps(summary, indent=1) + "\n")
     if summary:
         plot(summary, results)
     return "\n".join(out)
@@ -289,9 +293,9 @@ def plot(summary: dict[str, Any], results: Path) -> None:
     handles = [plt.Line2D([], [], color=c, marker=m, linestyle="none", label=f) for f, (c, m) in styles.items()]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    tmp = results / ".quality.png.tmp"
-    fig.savefig(tmp, format="png", dpi=120)
-    tmp.replace(results / "quality.png")
+    from genlora_pl.state import atomic_write
+
+    atomic_write(results / "quality.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 
 
 def main() -> None:
