@@ -103,6 +103,11 @@ class GenLoRACallback(L.Callback):
             raise ValueError(f"modules_to_save={modules_to_save!r} is not valid; give a list of names, 'head' or null.")
         self.gate = gate or Schedule()
         self.temperature = temperature or Schedule()
+        if min(self.temperature.start, self.temperature.end) <= 0:
+            raise ValueError(
+                f"temperature start={self.temperature.start!r}, end={self.temperature.end!r} is not valid; the "
+                "temperature divides every RBF width, so both must be positive."
+            )
         if log_every_n_steps < 0:
             raise ValueError(
                 f"log_every_n_steps={log_every_n_steps!r} is not valid; give 0 (off) or a positive step count."

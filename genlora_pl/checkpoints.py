@@ -58,6 +58,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             tensors = read_checkpoint(Path(tmp) / "full.ckpt")
         meta = read_checkpoint(path / "meta.pt") if (path / "meta.pt").is_file() else {}
         return {**meta, **tensors}
+    if path.is_dir():
+        raise ValueError(
+            f"ckpt_path={str(path)!r} is a folder but not a distributed checkpoint (it has no .metadata); "
+            "give a .ckpt file or a folder written by fit."
+        )
     if not path.is_file():
         raise FileNotFoundError(
             f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "

@@ -33,6 +33,17 @@ def _expected(message: str) -> str:
     return ", ".join(dict.fromkeys(v.replace("NoneType", "null") for v in values)) or "another value"
 
 
+def _bullet(raw: list[str], i: int) -> str:
+    """A ``- reason`` line of a jsonargparse message with the lines indented below it."""
+    indent = len(raw[i]) - len(raw[i].lstrip())
+    parts = [raw[i].strip()[2:]]
+    for line in raw[i + 1 :]:
+        if len(line) - len(line.lstrip()) <= indent:
+            break
+        parts.append(line.strip())
+    return " ".join(" ".join(parts).split())
+
+
 def one_line(err: BaseException) -> str:
     """The sentence that says what is wrong, dug out of jsonargparse's wrapping when needed."""
     root = err
@@ -40,15 +51,19 @@ def one_line(err: BaseException) -> str:
         root = root.__cause__ or root.__context__
     if isinstance(root, USER_ERRORS) and root is not err:
         err = root
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file read as text is not UTF-8 text ({err.reason} at byte {err.start}); --config takes a YAML file."
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    raw = [line for line in message.splitlines() if line.strip()]
+    lines = [line.strip() for line in raw]
     reasons = [
-        line[2:] + (" " + lines[i + 1] if line.endswith(":") and i + 1 < len(lines) else "")
-        for i, line in enumerate(lines)
-        if line.startswith("- ") and not line.startswith("- Expected a")
+        _bullet(raw, i) for i, line in enumerate(lines) if line.startswith("- ") and not line.startswith("- Expected a")
     ]
     if reasons:
-        return " ".join(reasons[0].split())
+        nested = re.search(r'Parser key "([^"]+)":\s*Expected a <class \'(\w+)\'>\. Got value: (.*)', reasons[0])
+        if nested:
+            return f"{nested.group(1)}={nested.group(3).strip()!r} is not valid; expected {nested.group(2)}."
+        return reasons[0]
     key = re.match(r'Parser key "([^"]+)"', lines[0]) if lines else None
     given = next((m.group(1).strip() for m in map(re.compile(r".*(?:Given|Got) value: (.*)").match, lines) if m), None)
     if key and given is not None:

@@ -91,6 +91,8 @@ def workspace(tmp_path_factory) -> Path:
     torch.save({"state_dict": {}, "hook": Evil()}, folder / "evil.ckpt")
     torch.save({"w": torch.zeros(2)}, folder / "weights.ckpt")
     (folder / "broken.yaml").write_text("trainer:\n  max_epochs: [1,\n")
+    (folder / "zero.ckpt").write_bytes(b"")
+    (folder / "emptydir").mkdir()
     (folder / "full").mkdir()
     (folder / "full" / "keep.txt").write_text("an earlier export\n")
     save_adapter(vit(2, r=8), folder / "adapter")

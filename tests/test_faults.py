@@ -305,3 +305,19 @@ def test_a_writer_killed_mid_way_leaves_the_previous_file_intact(tmp_path, what,
         assert float(model[0].amps_B.detach().flatten()[0]) == 3.0
     if what == "history":
         assert json.loads(target.read_text()) == {"value": 3.0}
+
+
+def test_saving_an_adapter_never_deletes_files_it_did_not_write(tmp_path):
+    from genlora_pl.state import save_adapter
+
+    exec(PRELUDE, namespace := {})
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match=r"holds files this save would delete \(notes.txt\)"):
+        save_adapter(namespace["model"](1.0), tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    save_adapter(namespace["model"](1.0), tmp_path / "adapter")
+    save_adapter(namespace["model"](2.0), tmp_path / "adapter")  # an adapter folder is replaced whole
+    assert sorted(p.name for p in (tmp_path / "adapter").iterdir()) == [
+        "adapter_model.safetensors",
+        "genlora_config.json",
+    ]
