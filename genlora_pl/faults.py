@@ -159,8 +159,10 @@ class FaultTolerance(L.Callback):
         # A KeyboardInterrupt or an error can land in the middle of an update.
         if not (self.checkpoint_on_sigterm and isinstance(exception, SIGTERMException)):
             return
+        if trainer.state.fn != "fit":  # validate / test / predict have no training state to keep
+            return
         path = self.sigterm_path(trainer)
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, not the weights alone
         for callback in trainer.checkpoint_callbacks:
             if getattr(callback, "save_last", False) and Path(callback.dirpath or "") == path.parent:
                 callback.last_model_path = str(path)
