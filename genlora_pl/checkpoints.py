@@ -78,6 +78,8 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             f"refusing to load checkpoint {path}: it holds {what}, code that a safe load does not run; "
             "only plain Lightning checkpoints load."
         ) from None
+    except PermissionError:
+        raise PermissionError(f"cannot read checkpoint {path}: permission denied.") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ValueError(
             f"cannot load checkpoint {path}: the file is truncated or corrupted ({_first_line(err)})."

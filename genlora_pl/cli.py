@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from genlora_pl.callback import GenLoRACallback
-from genlora_pl.checkpoints import read_checkpoint  # imports genlora_pl.schedules too
+from genlora_pl.callback import GenLoRACallback  # imports genlora_pl.schedules too
+from genlora_pl.checkpoints import read_checkpoint
 from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
 from genlora_pl.errors import one_line
 from genlora_pl.faults import FaultTolerance

@@ -8,8 +8,8 @@ The CLI always adds it (section ``faults``); add it to ``Trainer(callbacks=...)`
 - Exact resumption mid-epoch: the data modules' ``StatefulDataLoader`` puts its position in the
   checkpoint (Lightning saves and restores it); this callback adds the torch / numpy / Python RNG
   states and puts them back at the first training batch of the resumed fit, so dropout draws the
-  same masks as in an uninterrupted run. (Random augmentation that runs in loader workers is
-  reseeded on resume and is the one thing not replayed.)
+  same masks as in an uninterrupted run. (Random data augmentation is the one thing not replayed:
+  its draws interleave with Lightning's prefetching of the next batch, or run in loader workers.)
 - SIGTERM, what schedulers send before they kill a job: Lightning stops at the end of the current
   optimizer step (every rank together) and this callback saves the full training state to
   ``last.ckpt`` in the checkpoint folder, then the run exits with status 143.
@@ -62,7 +62,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 def last_good_checkpoint(trainer: L.Trainer) -> str | None:
     """The newest checkpoint file the run has written, if any."""
     paths = []
-
     for callback in trainer.checkpoint_callbacks:
         paths += [getattr(callback, "last_model_path", ""), getattr(callback, "best_model_path", "")]
     existing = [Path(p) for p in paths if p and Path(p).exists()]
