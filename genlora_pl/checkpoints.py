@@ -22,16 +22,12 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from genlora_pl.errors import first_line
 from genlora_pl.state import atomic_write
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, no permission, ...); the old file is intact."""
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -54,7 +50,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             try:
                 dcp_to_torch_save(path, Path(tmp) / "full.ckpt")
             except Exception as err:  # a shard missing or cut short
-                raise ValueError(f"cannot load distributed checkpoint {path}: {_first_line(err)}.") from None
+                raise ValueError(f"cannot load distributed checkpoint {path}: {first_line(err)}.") from None
             tensors = read_checkpoint(Path(tmp) / "full.ckpt")
         meta = read_checkpoint(path / "meta.pt") if (path / "meta.pt").is_file() else {}
         return {**meta, **tensors}
@@ -82,7 +78,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         raise PermissionError(f"cannot read checkpoint {path}: permission denied.") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
         raise ValueError(
-            f"cannot load checkpoint {path}: the file is truncated or corrupted ({_first_line(err)})."
+            f"cannot load checkpoint {path}: the file is truncated or corrupted ({first_line(err)})."
         ) from None
     if not isinstance(checkpoint, dict) or ("state_dict" not in checkpoint and path.name != "meta.pt"):
         raise ValueError(f"{path} is not a Lightning checkpoint (it has no 'state_dict'); give a .ckpt written by fit.")
@@ -102,7 +98,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
         except OSError as err:
-            reason = err.strerror or _first_line(err)
+            reason = err.strerror or first_line(err)
             kept = f"the previous {path.name} there is unchanged" if existed else "no partial file was left"
             error = CheckpointWriteError(
                 f"could not write checkpoint {path}: {reason}; {kept}. Free some space or choose another folder."

@@ -16,6 +16,12 @@ USER_ERRORS = (ValueError, TypeError, OSError, ModuleNotFoundError, KeyError, Fl
 USER_ERROR_NAMES = {"MisconfigurationException"}
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an error's message (library errors often append pages of advice)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def is_user_error(err: BaseException) -> bool:
     return isinstance(err, USER_ERRORS) or type(err).__name__ in USER_ERROR_NAMES
 
