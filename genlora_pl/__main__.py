@@ -15,14 +15,17 @@ from genlora_pl.errors import is_user_error, one_line
 USAGE = """\
 usage: python -m genlora_pl {fit,validate,test,predict,export} [options]
 
-Fine-tune timm and Hugging Face transformers classifiers with GenLoRA adapters.
+Fine-tune timm and Hugging Face transformers models with GenLoRA adapters.
 
 subcommands:
-  fit        train (and validate) a model: --config configs/quickstart.yaml
-  validate   run one validation epoch
+  fit        train (and validate) a model: --config quickstart.yaml
+  validate   run one validation epoch (with --ckpt_path: of a trained model)
   test       run one test epoch
-  predict    predict class probabilities
+  predict    write predictions (predictions.jsonl beside the checkpoint's run)
   export     write the merged backbone, a PEFT LoRA folder and the adapter from a checkpoint
+
+`--config NAME.yaml` takes a file path, or the name of a config shipped with the package:
+@CONFIGS@
 
 Run `python -m genlora_pl SUBCOMMAND --help` for the options of each, and
 `python -m genlora_pl fit --config FILE --print_config` to see a resolved config.
@@ -33,11 +36,16 @@ def main(argv: list[str] | None = None) -> int:
     explicit = argv is not None
     argv = argv if explicit else sys.argv[1:]
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
+        from importlib import resources
+
+        shipped = sorted(
+            p.name for p in resources.files("genlora_pl").joinpath("configs").iterdir() if p.name.endswith(".yaml")
+        )
+        print(USAGE.replace("@CONFIGS@", "  " + ", ".join(shipped)))
         return 0
     try:
         if argv[0] == "export":
-            from genlora_pl.checkpoint_export import cli as export_cli
+            from genlora_pl.export.checkpoint import cli as export_cli
 
             export_cli(argv[1:])
         else:

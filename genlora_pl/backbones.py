@@ -2,17 +2,22 @@
 
 The name is all a config needs; the model, its classifier head and the input pipeline it expects
 (image transforms from timm's data config, or the tokenizer) all follow from it.
+
+timm and transformers are imported inside the functions that need them: importing them costs
+about 5 s, and ``python -m genlora_pl --help`` or a bad config value must answer before that.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from genlora_pl.errors import first_line
+from genlora_pl.injection import head_names
 
 PREFIXES = ("timm:", "hf:")
 
@@ -156,12 +161,51 @@ def _hf_task(config: Any) -> str:
     raise ValueError(f"hf model type {config.model_type!r} has neither an image nor a sequence classification head.")
 
 
-def build_hf(name: str, num_classes: int, pretrained: bool, extra: dict[str, Any]) -> nn.Module:
+def from_pretrained_quietly(auto: Any, name: str, **kwargs: Any) -> nn.Module:
+    """``auto.from_pretrained`` without transformers' weight-loading progress bar and its multi-line
+    LOAD REPORT, which lists a new classifier head as MISSING on every command (even when the head
+    is restored from a checkpoint next). Pretrained weights that did not load *outside* the head
+    are worth knowing: they get one line of ours."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, progress = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        model, info = auto.from_pretrained(name, output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if progress:
+            hf_logging.enable_progress_bar()
+    heads = tuple(head_names(model))
+    fresh = [
+        k
+        for k in [
+            *info.get("missing_keys", []),
+            *(m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])),
+        ]
+        if not k.startswith(heads or ("\0",))
+    ]
+    if fresh:
+        print(
+            f"warning: {len(fresh)} weights of {name} were not in its checkpoint and start random "
+            f"(e.g. {', '.join(sorted(fresh)[:3])})",
+            file=sys.stderr,
+        )
+    return model
+
+
+def build_hf(
+    name: str, num_classes: int, pretrained: bool, extra: dict[str, Any], class_names: list[str] | None = None
+) -> nn.Module:
     from transformers import AutoConfig, AutoModelForImageClassification, AutoModelForSequenceClassification
 
     name = hf_path(name)
+    labels = {}
+    if class_names is not None:
+        labels = {"id2label": dict(enumerate(class_names)), "label2id": {c: i for i, c in enumerate(class_names)}}
     try:
-        config = AutoConfig.from_pretrained(name, num_labels=num_classes, **extra)
+        config = AutoConfig.from_pretrained(name, num_labels=num_classes, **labels, **extra)
     except (OSError, ValueError) as err:
         raise ValueError(
             f"backbone='hf:{name}' could not be loaded: not a local folder with config.json and not reachable "
@@ -169,7 +213,7 @@ def build_hf(name: str, num_classes: int, pretrained: bool, extra: dict[str, Any
         ) from None
     auto = AutoModelForImageClassification if _hf_task(config) == "image" else AutoModelForSequenceClassification
     if pretrained:
-        return auto.from_pretrained(name, config=config, ignore_mismatched_sizes=True)
+        return from_pretrained_quietly(auto, name, config=config, ignore_mismatched_sizes=True)
     return auto.from_config(config)
 
 
@@ -179,20 +223,26 @@ def build_backbone(
     pretrained: bool = True,
     checkpoint_path: str | None = None,
     kwargs: dict[str, Any] | None = None,
+    class_names: list[str] | None = None,
 ) -> nn.Module:
     """Create the classifier ``backbone`` names with a fresh ``num_classes`` head.
 
     ``kwargs`` go to ``timm.create_model`` (``img_size``, ``drop_path_rate``, ...) or override
-    fields of the transformers config (``hidden_dropout_prob``, ...).
+    fields of the transformers config (``hidden_dropout_prob``, ...). ``class_names`` become the
+    transformers config's ``id2label`` / ``label2id``, or timm's ``pretrained_cfg["label_names"]``,
+    so exported models carry them.
     """
     spec = BackboneSpec.parse(backbone)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
     if spec.library == "timm":
-        return build_timm(spec.name, num_classes, pretrained, checkpoint_path, kwargs or {})
+        model = build_timm(spec.name, num_classes, pretrained, checkpoint_path, kwargs or {})
+        if class_names is not None and isinstance(getattr(model, "pretrained_cfg", None), dict):
+            model.pretrained_cfg = {**model.pretrained_cfg, "label_names": list(class_names)}
+        return model
     if checkpoint_path is not None:
         raise ValueError("checkpoint_path is for timm backbones; for hf: give the local folder as the backbone name.")
-    return build_hf(spec.name, num_classes, pretrained, kwargs or {})
+    return build_hf(spec.name, num_classes, pretrained, kwargs or {}, class_names)
 
 
 def backbone_task(backbone: str) -> str:

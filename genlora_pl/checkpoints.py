@@ -15,6 +15,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from genlora_pl.errors import first_line
-from genlora_pl.state import atomic_write
+from genlora_pl.files import atomic_write
 
 
 class CheckpointWriteError(OSError):
@@ -64,11 +65,24 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "
             "checkpoint folder written by fit."
         )
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a legacy pickle
+        raise ValueError(
+            f"{path} is not a checkpoint: it is neither a PyTorch zip archive nor a pickle (it starts with "
+            f"{head!r}); give a .ckpt written by fit."
+        )
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the protocol of a junk pickle before failing on it
+            warnings.simplefilter("ignore", UserWarning)
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         # weights_only refuses any global that is not a tensor, a container or a plain value
         culprit = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if culprit is None and not head.startswith(b"PK"):  # junk after a pickle opcode, not a hostile object
+            raise ValueError(
+                f"cannot load checkpoint {path}: the file is truncated or corrupted (invalid pickle data)."
+            ) from None
         what = f"a pickled reference to {culprit.group(1)}" if culprit else "pickled objects"
         raise ValueError(
             f"refusing to load checkpoint {path}: it holds {what}, code that a safe load does not run; "
@@ -76,13 +90,30 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
         ) from None
     except PermissionError:
         raise PermissionError(f"cannot read checkpoint {path}: permission denied.") from None
-    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as err:
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError, IndexError, TypeError) as err:
         raise ValueError(
             f"cannot load checkpoint {path}: the file is truncated or corrupted ({first_line(err)})."
         ) from None
     if not isinstance(checkpoint, dict) or ("state_dict" not in checkpoint and path.name != "meta.pt"):
         raise ValueError(f"{path} is not a Lightning checkpoint (it has no 'state_dict'); give a .ckpt written by fit.")
     return checkpoint
+
+
+def run_folder(ckpt_path: str | os.PathLike | None) -> Path | None:
+    """The run folder a checkpoint was written into (``<run>/checkpoints/<name>.ckpt``, as
+    ``ModelCheckpoint`` places them under a logger's version folder), or None for a file elsewhere."""
+    if not ckpt_path:
+        return None
+    path = Path(ckpt_path).absolute()
+    return path.parent.parent if path.parent.name == "checkpoints" else None
+
+
+def adapter_config_of(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The adapter config the adapter callback stored in a checkpoint's callback states, if any."""
+    for state in checkpoint.get("callbacks", {}).values():
+        if isinstance(state, dict) and isinstance(state.get("config"), dict) and "adapter" in state["config"]:
+            return state["config"]
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

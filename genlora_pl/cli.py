@@ -1,39 +1,137 @@
-"""``python -m genlora_pl {fit,validate,test,predict}``: LightningCLI over the module, the data
-modules and the GenLoRA callback.
+"""``python -m genlora_pl {fit,validate,test,predict}``: LightningCLI over the task module, the data
+modules and four callback sections: ``adapter`` (:class:`GenLoRACallback`), ``monitor``
+(:class:`AdapterMonitor`), ``faults`` (:class:`FaultTolerance`) and ``predictions``
+(:class:`PredictionWriter`).
 
-The data module decides ``num_classes`` (linked into the model) and receives the model's
-``backbone`` name (linked into the data) to pick transforms or the tokenizer.
+The data module decides ``num_classes`` and the class names (linked into the model) and receives
+the model's ``backbone`` name (linked into the data) to pick transforms or the tokenizer.
+
+Run folders: ``fit`` writes logs, checkpoints, plots and ``results.json`` into a new version folder of
+its loggers; ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues in that same folder;
+``validate``, ``test`` and ``predict`` open no logger folder: they write ``<stage>_results.json`` or
+``predictions.jsonl`` beside the checkpoint's run, or nothing.
 """
 
 from __future__ import annotations
 
+import json
 import sys
+from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from genlora_pl.callback import GenLoRACallback  # imports genlora_pl.schedules too
-from genlora_pl.checkpoints import read_checkpoint
+from genlora_pl.callbacks import AdapterMonitor, FaultTolerance, GenLoRACallback, PredictionWriter
+from genlora_pl.checkpoints import read_checkpoint, run_folder
+from genlora_pl.console import ProgressBar, quiet
 from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
 from genlora_pl.errors import one_line
-from genlora_pl.faults import FaultTolerance
-from genlora_pl.module import ClassificationModule
+from genlora_pl.files import atomic_write_text
+from genlora_pl.tasks import ClassificationModule
+
+PROG = "python -m genlora_pl"
+SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
+EVALUATION = ("validate", "test", "predict")
+# adapter.<key> -> where the key lives now; accepted with a deprecation message until 0.3
+_MOVED_KEYS = {
+    "group_size": "adapter.options.group_size",
+    "kernel": "adapter.options.kernel",
+    "width0": "adapter.options.width0",
+    "log_every_n_steps": "monitor.log_every_n_steps",
+    "plots": "monitor.plots",
+}
+
+
+def shipped_configs() -> Path:
+    """The folder of the configs that ship inside the package (``configs/`` in a source checkout)."""
+    return Path(str(resources.files("genlora_pl") / "configs"))
+
+
+def resolve_config_names(argv: list[str]) -> list[str]:
+    """``--config vit_cifar.yaml`` (or ``vit_cifar``) names a shipped config when no such file
+    exists where the command runs; a path that exists always wins."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            value, prefix, where = out[i + 1], "", i + 1
+        elif arg.startswith("--config="):
+            value, prefix, where = arg.split("=", 1)[1], "--config=", i
+        else:
+            continue
+        if Path(value).exists() or Path(value).name != value:
+            continue
+        for name in (value, f"{value}.yaml"):
+            shipped = shipped_configs() / name
+            if shipped.is_file():
+                out[where] = prefix + str(shipped)
+                break
+    return out
+
+
+def check_config_files(argv: list[str]) -> None:
+    """An empty ``--config`` file, or one that holds a list or a bare value instead of sections,
+    gets a sentence naming the file (jsonargparse says ``Unexpected config:`` or prints the list's
+    last item). Missing or unparsable files are left to the parser, which names them."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        path = (
+            argv[i + 1]
+            if arg == "--config" and i + 1 < len(argv)
+            else arg.split("=", 1)[1]
+            if arg.startswith("--config=")
+            else None
+        )
+        if path is None or not Path(path).is_file():
+            continue
+        try:
+            content = yaml.safe_load(Path(path).read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            continue
+        if content is None:
+            raise ValueError(
+                f"the config file {path} is empty; give sections such as trainer:, model:, data:, adapter:."
+            )
+        if not isinstance(content, dict):
+            raise ValueError(
+                f"the config file {path} holds a YAML {type(content).__name__}, not a mapping of sections "
+                "(trainer:, model:, data:, adapter:, ...)."
+            )
 
 
 class Parser(LightningArgumentParser):
     """Reports a bad command line or config in one line instead of a usage dump."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("prog", PROG)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             return super().error(message, ex)
-        sys.stderr.write(f"error: {one_line(ValueError(message))} (see `python -m genlora_pl fit --help`)\n")
+        sys.stderr.write(f"error: {one_line(ValueError(message))} (see `{PROG} fit --help`)\n")
         self.exit(2)
 
 
+class SaveConfigOnFit(SaveConfigCallback):
+    """LightningCLI's ``config.yaml`` writer, for ``fit`` only: an evaluation run makes no folder."""
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if stage == "fit":
+            super().setup(trainer, pl_module, stage)
+
+
+def _loggers(config: Any) -> list[Any]:
+    logger = config.get("logger")
+    entries = logger if isinstance(logger, list) else [logger]
+    return [e for e in entries if hasattr(e, "get") and e.get("init_args") is not None]
+
+
 class GenLoRACLI(LightningCLI):
-    """LightningCLI with an ``adapter:`` section (the :class:`GenLoRACallback`) and a ``faults:``
-    section (:class:`FaultTolerance`), both always present."""
+    """LightningCLI with the ``adapter``, ``monitor``, ``faults`` and ``predictions`` sections
+    always present (see the module docstring for where runs write)."""
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters before anything else, with torch's
@@ -46,22 +144,85 @@ class GenLoRACLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(GenLoRACallback, "adapter")
+        parser.add_lightning_class_args(AdapterMonitor, "monitor")
         parser.add_lightning_class_args(FaultTolerance, "faults")
+        parser.add_lightning_class_args(PredictionWriter, "predictions")
         parser.link_arguments("model.backbone", "data.init_args.backbone")
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand]
+        self._move_deprecated_keys(config)
+        if self.subcommand in EVALUATION:
+            config.trainer.logger = False  # no new version folder for an evaluation
+        elif self.subcommand == "fit":
+            self._continue_in_run_folder(config)
 
-SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
+    @staticmethod
+    def _move_deprecated_keys(config: Any) -> None:
+        adapter = config.adapter
+        for key, new in _MOVED_KEYS.items():
+            value = adapter.get(key)
+            if value is None:
+                continue
+            section, *rest = new.split(".")
+            if section == "monitor":
+                config.monitor[rest[0]] = value
+            else:
+                adapter.options = {**(adapter.options or {}), rest[-1]: value}
+            adapter[key] = None
+            sys.stderr.write(f"deprecated: adapter.{key} is now {new}; the old key goes away in genlora_pl 0.3.\n")
+
+    @staticmethod
+    def _continue_in_run_folder(config: Any) -> None:
+        """A resumed fit logs into the run folder its checkpoint came from, not a new version."""
+        run = run_folder(config.get("ckpt_path"))
+        if run is None or not run.is_dir():
+            return
+        for logger in _loggers(config.trainer):
+            args = logger.init_args
+            root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
+            if args.get("version") is None and (root / run.name).absolute().is_dir():
+                args.version = run.name
+
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        callbacks = list(kwargs.pop("callbacks", None) or trainer_config.get("callbacks") or [])
+        has_bar = any(type(c).__name__.endswith("ProgressBar") for c in callbacks)
+        if trainer_config.get("enable_progress_bar", True) is not False and not has_bar:
+            callbacks.append(ProgressBar())
+        return super().instantiate_trainer(callbacks=callbacks, **kwargs)
+
+    def _write_results(self, stage: str) -> None:
+        run = run_folder(self.config[self.subcommand].get("ckpt_path"))
+        if run is None or not run.is_dir() or not self.trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in sorted(self.trainer.callback_metrics.items()) if v.numel() == 1}
+        path = run / f"{stage}_results.json"
+        atomic_write_text(path, json.dumps({"checkpoint": str(self.trainer.ckpt_path), "metrics": metrics}, indent=2))
+        print(f"{stage} results written to {path}")
+
+    def after_validate(self) -> None:
+        self._write_results("validate")
+
+    def after_test(self) -> None:
+        self._write_results("test")
 
 
 def run(args: list[str] | None = None) -> GenLoRACLI:
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
-
+    quiet()
+    if args is None:
+        sys.argv[1:] = resolve_config_names(sys.argv[1:])
+    else:
+        args = resolve_config_names(args)
+    check_config_files(sys.argv[1:] if args is None else args)
     try:
         return GenLoRACLI(
             ClassificationModule,
             ClassificationData,
             subclass_mode_data=True,
+            save_config_callback=SaveConfigOnFit,
             save_config_kwargs={"overwrite": True},
             args=args,
             parser_class=Parser,

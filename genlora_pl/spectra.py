@@ -1,4 +1,7 @@
-"""What the adapters learned: spectra of ``dW``, rank measures, RBF centre drift, parameter counts.
+"""What the adapters learned: spectra of ``dW``, rank measures, method diagnostics, parameter counts.
+
+Nothing here depends on the method: every adapter exposes its factors (``A``, ``B``) and its own
+diagnostics (GenLoRA: RBF centre drift), and the maths below works on those.
 
 The singular values of ``dW = s B A`` come without forming ``dW``: with ``B = Q_B R_B`` and
 ``A^T = Q_A R_A`` (reduced QR), ``dW = s Q_B (R_B R_A^T) Q_A^T`` and the orthonormal factors do not
@@ -12,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genlora_pl.adapters import AdapterLayer, GenLoRALayer
+from genlora_pl.adapters import AdapterLayer
 from genlora_pl.injection import adapter_layers, model_config, modules_to_save
 
 
@@ -101,38 +104,14 @@ def adapter_spectra(model: nn.Module) -> dict[str, LayerSpectrum]:
     return {name: layer_spectrum(layer) for name, layer in adapter_layers(model).items()}
 
 
-def _side_drift(layer: GenLoRALayer, init: dict[str, torch.Tensor], side: str) -> dict[str, float]:
-    centers = getattr(layer, f"centers_{side}").detach().float().cpu()
-    latent = getattr(layer, f"latent_{side}").detach().float().cpu()
-    widths = torch.exp(getattr(layer, f"log_widths_{side}").detach().float().cpu()) / float(layer.temperature)
-    moved = (centers - init[f"centers_{side}"]).norm(dim=1)
-    pairwise = torch.cdist(centers, centers)
-    pairwise.fill_diagonal_(float("inf"))
-    u0 = init[f"latent_{side}"]
-    return {
-        "center_drift_mean": float(moved.mean()),
-        "center_drift_max": float(moved.max()),
-        "center_min_distance": float(pairwise.min()) if centers.shape[0] > 1 else float("nan"),
-        "width_mean": float(widths.mean()),
-        "width_min": float(widths.min()),
-        "width_max": float(widths.max()),
-        "latent_drift": float((latent - u0).norm() / u0.norm()),
-    }
-
-
-@torch.no_grad()
-def centre_drift(model: nn.Module) -> dict[str, dict[str, dict[str, float]]]:
-    """RBF centre drift of every GenLoRA layer against its seeded initial values.
-
-    Returns ``{layer: {"A": stats, "B": stats}}`` with the mean and max distance each centre moved,
-    the minimum pairwise centre distance (a collapse alarm), width statistics (effective widths,
-    temperature included) and the relative latent drift ``||U - U0||_F / ||U0||_F``.
-    """
+def adapter_diagnostics(model: nn.Module) -> dict[str, dict[str, dict[str, float]]]:
+    """The method-specific figures of every adapted layer that has some, by layer name: for GenLoRA
+    the RBF centre drift of each side (``{"A": stats, "B": stats}``, see ``GenLoRALayer.diagnostics``)."""
     out = {}
     for name, layer in adapter_layers(model).items():
-        if isinstance(layer, GenLoRALayer):
-            init = layer.initial_parameters()
-            out[name] = {side: _side_drift(layer, init, side) for side in ("A", "B")}
+        figures = layer.diagnostics()
+        if figures:
+            out[name] = figures
     return out
 
 

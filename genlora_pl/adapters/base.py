@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 import zlib
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -95,8 +96,16 @@ class AdapterLayer(nn.Module):
     """Base of every adapter: wraps ``base_layer`` and adds ``s * gate * B @ A``.
 
     Subclasses create their parameters in ``__init__``, initialise them in
-    :meth:`reset_parameters` and return the factors actually used in :meth:`factors`.
+    :meth:`reset_parameters` and return the factors actually used in :meth:`factors`; a method
+    with more to show than the spectrum of its update (GenLoRA's centre drift) overrides
+    :meth:`diagnostics` and says how to summarise and plot it in the two class variables.
     """
+
+    #: How :meth:`diagnostics` figures reduce over layers into logged scalars:
+    #: ``stat -> (name, "mean" | "min" | "max")``, logged as ``genlora/<name>_<group>/<how>``.
+    diagnostics_summary: ClassVar[dict[str, tuple[str, str]]] = {}
+    #: Threshold lines on the diagnostics figure: ``stat -> (value, what crossing it means)``.
+    diagnostics_alarms: ClassVar[dict[str, tuple[float, str]]] = {}
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, path: str) -> None:
         super().__init__()
@@ -125,6 +134,10 @@ class AdapterLayer(nn.Module):
 
     def reset_parameters(self) -> None:
         raise NotImplementedError
+
+    def diagnostics(self) -> dict[str, dict[str, float]]:
+        """Method-specific figures by group (GenLoRA: ``{"A": {...}, "B": {...}}``); none by default."""
+        return {}
 
     def generator(self) -> torch.Generator:
         """A CPU generator seeded from the config seed and this layer's path."""

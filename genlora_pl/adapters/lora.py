@@ -7,12 +7,21 @@ starts at zero, so comparisons with GenLoRA share scaling, merging, export and t
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from genlora_pl.adapters.base import AdapterLayer
-from genlora_pl.adapters.config import LoRAConfig
+from genlora_pl.adapters.config import AdapterConfig, register
+
+
+@dataclass
+class LoRAConfig(AdapterConfig):
+    """The classic LoRA baseline: explicit ``A`` (Kaiming-uniform) and ``B`` (zero)."""
+
+    name: ClassVar[str] = "lora"
 
 
 class LoRALayer(AdapterLayer):
@@ -37,3 +46,6 @@ class LoRALayer(AdapterLayer):
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A, self.lora_B
+
+
+register(LoRAConfig, LoRALayer)

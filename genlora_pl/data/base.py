@@ -164,6 +164,24 @@ class ClassificationData(L.LightningDataModule):
         counts = {"train": self.max_train_samples, "val": self.max_eval_samples, "test": self.max_eval_samples}
         self.splits = {s: self.wrap(s, limit(d, counts[s], self.seed)) for s, d in raw.items()}
 
+    def describe(self, split: str, index: int) -> dict[str, Any]:
+        """What can be said about example ``index`` of a split beyond its label, for prediction
+        files: ``{"text": ...}`` for text, ``{"path": ...}`` for image files, else nothing."""
+        self.setup()
+        dataset = self.splits["test" if split == "predict" else split]
+        while True:  # unwrap subsets and transforms down to the source
+            if isinstance(dataset, Subset):
+                dataset, index = dataset.dataset, dataset.indices[index]
+            elif isinstance(dataset, TransformedDataset):
+                dataset = dataset.base
+            else:
+                break
+        if hasattr(dataset, "texts"):
+            return {"text": dataset.texts[index]}
+        if hasattr(dataset, "samples"):  # torchvision ImageFolder
+            return {"path": str(dataset.samples[index][0])}
+        return {}
+
     def per_device_batch_size(self) -> int:
         world = self.trainer.world_size if self.trainer is not None else 1
         if self.batch_size % world:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
+from genlora_pl.backbones import hf_path
 from genlora_pl.data.base import ClassificationData, seeded_split
 
 
@@ -52,8 +53,6 @@ class TextData(ClassificationData):
                 raise ValueError(f"backbone={self.backbone!r} has no tokenizer; text data needs an 'hf:' backbone.")
             from transformers import AutoTokenizer
 
-            from genlora_pl.backbones import hf_path
-
             self._tokenizer = AutoTokenizer.from_pretrained(hf_path(self.backbone[3:]))
         return self._tokenizer
 
@@ -83,6 +82,29 @@ def deduplicate(texts: list[str], labels: list[int]) -> TextDataset:
     return TextDataset([t for t, _ in kept], [y for _, y in kept])
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file; a broken line is a ValueError naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"{path} line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                "each line must be one JSON object."
+            ) from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {number} is a JSON {type(row).__name__}, not an object with named fields.")
+        rows.append(row)
+    return rows
+
+
 def read_records(path: str | Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
     """``(text, label)`` rows of a CSV (header row) or JSONL file; a missing column is an error."""
     path = Path(path)
@@ -91,7 +113,7 @@ def read_records(path: str | Path, text_column: str, label_column: str) -> list[
             f"{path} does not exist; give a CSV or JSONL file with {text_column!r} and {label_column!r}."
         )
     if path.suffix in (".jsonl", ".json"):
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
     elif path.suffix in (".csv", ".tsv"):
         with open(path, newline="", encoding="utf-8", errors="replace") as f:
             rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))

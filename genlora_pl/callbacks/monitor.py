@@ -1,0 +1,260 @@
+"""``AdapterMonitor``: watches what the adapters learn, the way ``LearningRateMonitor`` watches the
+learning rate. It changes nothing in training.
+
+Every ``log_every_n_steps`` optimizer steps it measures every adapted layer: the spectrum of ``dW``
+(by the QR route, without forming ``dW``) and the method's own diagnostics (GenLoRA: RBF centre
+drift). Summary scalars (means over layers, the collapse alarm's minimum) go to every logger;
+per-layer figures go to TensorBoard only (scalars and spectrum histograms), so ``metrics.csv`` stays
+readable. At the end of fit it writes into the run folder ``spectra.json`` (every measurement),
+``spectra.png``, ``drift.png``, ``results.json`` (the run's summary) and prints a summary table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import nn
+
+from genlora_pl.adapters import AdapterLayer
+from genlora_pl.distributed import full_parameters
+from genlora_pl.files import atomic_write, atomic_write_text
+from genlora_pl.injection import CONFIG_ATTR, adapter_layers
+from genlora_pl.plots import plot_diagnostics, plot_spectra
+from genlora_pl.spectra import adapter_diagnostics, adapter_spectra, parameter_report
+
+SPECTRUM_KEYS = ("effective_rank", "stable_rank", "energy_rank", "top_singular_value", "relative_norm")
+_LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def summary_scalars(record: dict[str, Any], layers: dict[str, AdapterLayer]) -> dict[str, float]:
+    """Means over layers of the spectrum measures, and each method's diagnostics reduced as the
+    method declares (``AdapterLayer.diagnostics_summary``)."""
+    out: dict[str, float] = {}
+    for key in SPECTRUM_KEYS:
+        values = [layer[key] for layer in record["layers"].values()]
+        if values:
+            out[f"genlora/{key}/mean"] = sum(values) / len(values)
+    reduce = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
+    classes = {type(layers[name]) for name in record["drift"] if name in layers}
+    for cls in classes:
+        names = [n for n in record["drift"] if type(layers.get(n)) is cls]
+        groups = dict.fromkeys(g for n in names for g in record["drift"][n])
+        for stat, (label, how) in cls.diagnostics_summary.items():
+            for group in groups:
+                values = [record["drift"][n][group][stat] for n in names if group in record["drift"][n]]
+                values = [v for v in values if math.isfinite(v)]
+                if values:
+                    out[f"genlora/{label}_{group}/{how}"] = float(reduce[how](values))
+    return out
+
+
+def layer_scalars(record: dict[str, Any]) -> dict[str, float]:
+    """Per-layer figures (TensorBoard only): spectrum measures and the diagnostics' first stat."""
+    out = {f"genlora/{key}/{name}": layer[key] for key in SPECTRUM_KEYS for name, layer in record["layers"].items()}
+    for name, groups in record["drift"].items():
+        for group, stats in groups.items():
+            out.update({f"genlora/{stat}_{group}/{name}": value for stat, value in stats.items()})
+    return {k: v for k, v in out.items() if math.isfinite(v)}
+
+
+class AdapterMonitor(L.Callback):
+    """Measure, log, plot and summarise the adapters (see the module docstring).
+
+    Args:
+        log_every_n_steps: optimizer steps between measurements; 0 turns them off.
+        plots: write ``spectra.png`` and ``drift.png`` at the end of fit.
+    """
+
+    def __init__(self, log_every_n_steps: int = 50, plots: bool = True) -> None:
+        super().__init__()
+        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0:
+            raise ValueError(
+                f"log_every_n_steps={log_every_n_steps!r} is not valid; give 0 (off) or a positive step count."
+            )
+        self.log_every_n_steps = log_every_n_steps
+        self.plots = plots
+        self.last_recorded: int | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, float] = {}
+
+    @staticmethod
+    def _adapted(pl_module: L.LightningModule) -> bool:
+        return getattr(getattr(pl_module, "backbone", None), CONFIG_ATTR, None) is not None
+
+    # ----------------------------------------------------------------- measurements
+    @staticmethod
+    def measure(backbone: nn.Module, step: int) -> dict[str, Any]:
+        spectra = adapter_spectra(backbone)
+        layers = {name: {**s.as_dict(), "singular_values": s.singular_values.tolist()} for name, s in spectra.items()}
+        return {"step": step, "layers": layers, "drift": adapter_diagnostics(backbone)}
+
+    def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Measure on rank zero; every rank takes part when sharded parameters must be gathered."""
+        step = trainer.global_step
+        if self.last_recorded == step:  # the same on every rank, so all of them skip or all gather
+            return
+        self.last_recorded = step
+        with full_parameters(trainer.strategy.model, pl_module.backbone):
+            record = self.measure(pl_module.backbone, step) if trainer.is_global_zero else None
+        if record is None:
+            return
+        self.history.append(record)
+        summary = summary_scalars(record, adapter_layers(pl_module.backbone))
+        for logger in trainer.loggers:
+            if not isinstance(logger, TensorBoardLogger):
+                logger.log_metrics(summary, step=step)
+                continue
+            logger.log_metrics({**summary, **layer_scalars(record)}, step=step)
+            for name, layer in record["layers"].items():
+                logger.experiment.add_histogram(
+                    f"genlora_spectrum/{name}", torch.tensor(layer["singular_values"]), step
+                )
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self._adapted(pl_module):
+            return
+        if trainer.is_global_zero:
+            report = parameter_report(pl_module.backbone)
+            print(f"GenLoRA: {len(report.layers)} {report.adapter} adapters\n{report}")
+        if self.log_every_n_steps:
+            self.record(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        if self.log_every_n_steps and trainer.global_step % self.log_every_n_steps == 0 and self._adapted(pl_module):
+            self.record(trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        for key, value in trainer.callback_metrics.items():
+            if key.startswith("val/") and value.numel() == 1:
+                pick = min if key.endswith(_LOWER_IS_BETTER) else max
+                self.best[key] = pick(self.best.get(key, float(value)), float(value))
+
+    # ----------------------------------------------------------------- end of fit
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        adapted = self._adapted(pl_module)
+        if adapted and self.log_every_n_steps:
+            self.record(trainer, pl_module)
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # log_dir is a collective: every rank
+        if not trainer.is_global_zero:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.history:
+            config = getattr(pl_module.backbone, CONFIG_ATTR, None)
+            payload = {"config": config.to_dict() if config else None, "history": self.history}
+            atomic_write_text(folder / "spectra.json", json.dumps(payload) + "\n")
+            if self.plots:
+                self._write_plots(trainer, pl_module, folder)
+        results = self.results(trainer, pl_module.backbone, folder)
+        atomic_write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
+        print(self.summary(results))
+
+    def _write_plots(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
+        layers = adapter_layers(pl_module.backbone)
+        classes = {type(layer) for layer in layers.values()}
+        figures = [("spectra.png", plot_spectra(self.history))]
+        for cls in classes:
+            if cls.diagnostics_summary:
+                figures.append(
+                    ("drift.png", plot_diagnostics(self.history, cls.diagnostics_summary, cls.diagnostics_alarms))
+                )
+        for name, figure in figures:
+            if figure is None:
+                continue
+            atomic_write(folder / name, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110))
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.experiment.add_figure(f"genlora/{name[:-4]}", figure, trainer.global_step)
+
+    def results(self, trainer: L.Trainer, backbone: nn.Module, folder: os.PathLike) -> dict[str, Any]:
+        """What ``results.json`` holds: the adapter, its parameter budget, the last spectrum
+        summary, the best and the final logged metrics."""
+        out: dict[str, Any] = {"run_dir": str(folder), "global_step": trainer.global_step}
+        config = getattr(backbone, CONFIG_ATTR, None)
+        if config is not None:
+            report = parameter_report(backbone)
+            out["adapter"] = config.to_dict()
+            out["parameters"] = {
+                "trainable": report.trainable,
+                "adapter": report.adapter_params,
+                "modules_to_save": report.head,
+                "lora_equivalent": report.lora_equivalent,
+                "adapted_layers": len(report.layers),
+                "total": report.total,
+            }
+        else:
+            out["parameters"] = {
+                "trainable": sum(p.numel() for p in backbone.parameters() if p.requires_grad),
+                "total": sum(p.numel() for p in backbone.parameters()),
+            }
+        if self.history:
+            last = self.history[-1]["layers"]
+            out["mean_effective_rank"] = sum(v["effective_rank"] for v in last.values()) / len(last)
+        out["best"] = dict(sorted(self.best.items()))
+        out["final"] = {
+            k: float(v)
+            for k, v in sorted(trainer.callback_metrics.items())
+            if v.numel() == 1 and math.isfinite(float(v))
+        }
+        return out
+
+    @staticmethod
+    def summary(results: dict[str, Any]) -> str:
+        rows = []
+        adapter = results.get("adapter")
+        params = results["parameters"]
+        if adapter is not None:
+            options = "".join(
+                f" {k}={v}"
+                for k, v in adapter.items()
+                if k
+                not in (
+                    "adapter",
+                    "r",
+                    "alpha",
+                    "dropout",
+                    "rslora",
+                    "target_modules",
+                    "exclude_modules",
+                    "modules_to_save",
+                    "seed",
+                )
+            )
+            rows += [
+                ("adapter", f"{adapter['adapter']} r={adapter['r']}{options}"),
+                ("adapted layers", str(params["adapted_layers"])),
+                (
+                    "trainable parameters",
+                    f"{params['trainable']:,} ({params['adapter']:,} adapter + {params['modules_to_save']:,} head)",
+                ),
+                ("LoRA-equivalent adapter parameters", f"{params['lora_equivalent']:,}"),
+            ]
+        else:
+            rows.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,}"))
+        if "mean_effective_rank" in results:
+            rows.append(("mean effective rank of dW", f"{results['mean_effective_rank']:.2f}"))
+        rows += [(f"best {k}", f"{v:.4f}") for k, v in results["best"].items()]
+        rows.append(("plots, spectra and results.json", results["run_dir"]))
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(["GenLoRA summary", *(f"  {k:<{width}}  {v}" for k, v in rows)])
+
+    # ----------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": dict(self.best)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = dict(state.get("best", {}))
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # checkpoints written before the monitor was split off kept "best" in the adapter callback's state
+        legacy = checkpoint.get("callbacks", {}).get("GenLoRACallback", {})
+        if "best" in legacy:
+            self.best = dict(legacy["best"])

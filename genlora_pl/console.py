@@ -1,0 +1,85 @@
+"""What a user of the command line sees: our lines, not third-party chatter.
+
+The CLI calls :func:`quiet` once. It drops messages that say nothing about the user's run
+(Lightning's litlogger / litmodels advertisements, a ``_pytree`` deprecation inside Lightning,
+transformers' weight-loading progress bars), prints warnings as one ``warning: ...`` line instead of
+a file path and a source line, and installs :class:`ProgressBar`, which shows ``Epoch 0 (max_steps 6)`` where a
+step-limited run would show ``Epoch 0/-2``. Nothing here changes a result.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
+
+# (logger, start of the message) of informational lines that are advertisements
+_ADVERTS = (("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),)
+# warnings that concern Lightning's or torch's own code, not the user's run
+_NOISE = (
+    r".*isinstance\(treespec, LeafSpec\)",  # lightning.pytorch.utilities._pytree on torch >= 2.10
+    r".*'set_vital' is deprecated",  # torchdata 0.11
+)
+
+
+class _DropAdverts(logging.Filter):
+    def __init__(self, start: str) -> None:
+        super().__init__()
+        self.start = start
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith(self.start)
+
+
+def _one_line_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    prefix = "deprecated" if issubclass(category, (FutureWarning, DeprecationWarning)) else "warning"
+    return f"{prefix}: {str(message).strip()}\n"
+
+
+def quiet() -> None:
+    """Install the filters described in the module docstring (idempotent)."""
+    for name, start in _ADVERTS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropAdverts) and f.start == start for f in logger.filters):
+            logger.addFilter(_DropAdverts(start))
+    for pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    warnings.formatwarning = _one_line_warning
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
+
+
+def _step_description(trainer: Any, current_epoch: int) -> str:
+    """``Epoch 2/9`` for an epoch-limited run, ``Epoch 0 (max_steps 6)`` for a step-limited one
+    (Lightning's own bar shows ``Epoch 0/-2`` there)."""
+    if trainer.max_epochs is not None and trainer.max_epochs > 0:
+        return f"Epoch {current_epoch}/{trainer.max_epochs - 1}"
+    if trainer.max_steps and trainer.max_steps > 0:
+        return f"Epoch {current_epoch} (max_steps {trainer.max_steps})"
+    return f"Epoch {current_epoch}"
+
+
+class RichStepProgressBar(RichProgressBar):
+    """Lightning's rich bar, with :func:`_step_description` as the training description."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        description = _step_description(self.trainer, current_epoch)
+        return f"{description:{len(self.validation_description)}}"
+
+
+class TQDMStepProgressBar(TQDMProgressBar):
+    """Lightning's tqdm bar, with :func:`_step_description` as the training description."""
+
+    def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self.train_progress_bar.set_description(_step_description(trainer, trainer.current_epoch))
+
+
+ProgressBar = RichStepProgressBar if _RICH_AVAILABLE else TQDMStepProgressBar

@@ -1,0 +1,134 @@
+"""``python -m genlora_pl export``: from a training checkpoint to files the ecosystem reads.
+
+Writes into ``output_dir``:
+
+- ``merged/``: the backbone with every adapter merged, in its native format: a timm model as
+  ``model.safetensors`` + ``config.json`` (``timm.create_model(arch, pretrained_cfg_overlay=
+  {"file": ".../model.safetensors"}, num_classes=N)`` loads it; the class names are in
+  ``config.json``'s ``pretrained_cfg.label_names``), a transformers model through ``save_pretrained``
+  with ``id2label`` and its tokenizer or image processor;
+- ``peft/``: the adapters as a standard PEFT LoRA folder whose ``base_model_name_or_path`` is the
+  backbone's hub id (or the name the config gave), not a path on this machine;
+- ``adapter/``: the genlora_pl adapter folder (``load_adapter``).
+
+Everything is written into a temporary folder beside ``output_dir`` and moved into place at the
+end (``files.write_folder``), so an existing export is never left half-overwritten.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from genlora_pl.adapters import config_from_dict
+from genlora_pl.backbones import BackboneSpec, hf_path
+from genlora_pl.checkpoints import adapter_config_of, read_checkpoint
+from genlora_pl.export.peft import export_peft
+from genlora_pl.files import recover_folder, write_folder
+from genlora_pl.injection import inject_adapters, merge_and_unload
+from genlora_pl.state import save_adapter
+from genlora_pl.tasks import AdapterTask, task_class
+
+FORMATS = ("merged", "peft", "adapter")
+
+
+def restore_module(checkpoint: dict[str, Any]) -> AdapterTask:
+    """Rebuild the task module of a checkpoint with its adapters and trained weights, in eval mode."""
+    cls = task_class(checkpoint.get("task"))
+    hparams = checkpoint.get("hyper_parameters", {})
+    accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(AdapterTask.__init__).parameters)
+    module = cls(**{k: v for k, v in hparams.items() if k in accepted and k != "compile"})
+    config = adapter_config_of(checkpoint)
+    if config is not None:
+        adapter = config_from_dict(config)
+        module.adapt_backbone("genlora", lambda backbone: inject_adapters(backbone, adapter))
+    module.on_load_checkpoint(checkpoint)  # builds the backbone and checks every key and shape
+    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    return module.eval()
+
+
+def portable_name(backbone_name: str) -> str:
+    """What ``base_model_name_or_path`` should say: the hub id or the name the config used."""
+    return BackboneSpec.parse(backbone_name).name
+
+
+def _save_merged(backbone: torch.nn.Module, backbone_name: str, folder: Path) -> None:
+    plain = merge_and_unload(backbone)
+    spec = BackboneSpec.parse(backbone_name)
+    folder.mkdir(parents=True)
+    if spec.library == "hf":
+        plain.save_pretrained(folder, safe_serialization=True)
+        try:
+            from transformers import AutoProcessor, AutoTokenizer
+
+            loader = AutoTokenizer if hasattr(plain.config, "vocab_size") else AutoProcessor
+            loader.from_pretrained(hf_path(spec.name)).save_pretrained(folder)
+        except (OSError, ValueError):
+            pass  # the weights are what matter; a hub-only tokenizer may be unreachable offline
+        return
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, folder / "model.safetensors")
+    cfg = dict(getattr(plain, "pretrained_cfg", {}) or {})
+    meta = {
+        "architecture": spec.name.split(".")[0],
+        "num_classes": plain.num_classes if hasattr(plain, "num_classes") else None,
+        "pretrained_cfg": {
+            k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+
+
+def export_checkpoint(
+    ckpt_path: str, output_dir: str, formats: list[str] | None = None, overwrite: bool = False
+) -> dict[str, str]:
+    """Export a fit checkpoint.
+
+    Args:
+        ckpt_path: a ``.ckpt`` written by ``fit``.
+        output_dir: folder to create; ``merged/``, ``peft/`` and ``adapter/`` go inside.
+        formats: any of ``merged``, ``peft``, ``adapter`` (default: all three).
+        overwrite: replace an existing, non-empty ``output_dir``.
+
+    Returns:
+        The written folders by format.
+    """
+    formats = list(FORMATS) if formats is None else formats
+    bad = [f for f in formats if f not in FORMATS]
+    if bad or not formats:
+        raise ValueError(f"formats={formats!r} is not valid; choose among {', '.join(FORMATS)}.")
+    out = Path(output_dir)
+    recover_folder(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise FileExistsError(
+            f"output_dir={output_dir!r} exists and is not empty; pass --overwrite true to replace it."
+        )
+    checkpoint = read_checkpoint(ckpt_path)
+    module = restore_module(checkpoint)
+    has_adapters = adapter_config_of(checkpoint) is not None
+    if not has_adapters and ("peft" in formats or "adapter" in formats):
+        raise ValueError(f"{ckpt_path} was trained without adapters; only formats=['merged'] applies.")
+
+    def fill(folder: Path) -> None:
+        if "adapter" in formats:
+            save_adapter(module.backbone, folder / "adapter")
+        if "peft" in formats:
+            export_peft(module.backbone, folder / "peft", base_model_name=portable_name(module.backbone_name))
+        if "merged" in formats:  # last: merging removes the adapter modules
+            _save_merged(module.backbone, module.backbone_name, folder / "merged")
+
+    write_folder(out, fill)
+    written = {f: str(out / f) for f in formats}
+    print(json.dumps(written, indent=2))
+    return written
+
+
+def cli(argv: list[str]) -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli(export_checkpoint, args=argv, as_positional=False)

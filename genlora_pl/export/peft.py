@@ -1,0 +1,105 @@
+"""Export a GenLoRA (or LoRA) adapter as a standard PEFT LoRA folder.
+
+GenLoRA's generated ``A`` and ``B`` are ordinary LoRA factors, so the export is lossless: the folder
+holds ``adapter_config.json`` and ``adapter_model.safetensors`` with keys
+``base_model.model.<path>.lora_A.weight`` (``r x n``) and ``.lora_B.weight`` (``m x r``), every scale
+(``s``, ``gate``; the temperature is already inside the generated factors) folded into ``B`` and
+``lora_alpha == r`` so PEFT's own scale is 1. Trained heads go in as ``modules_to_save``. The
+GenLoRA settings that produced the factors are kept beside them in ``genlora_config.json``, which
+PEFT ignores. Train compactly with GenLoRA, serve with any LoRA-serving stack.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from genlora_pl.files import atomic_write_text, save_safetensors, write_folder
+from genlora_pl.injection import adapter_layers, model_config, modules_to_save
+from genlora_pl.state import CONFIG_NAME, WEIGHTS_NAME, saved_modules_state
+
+PEFT_CONFIG_NAME = "adapter_config.json"
+PREFIX = "base_model.model."
+
+
+def _base_model_name(model: nn.Module) -> str | None:
+    hf = getattr(getattr(model, "config", None), "_name_or_path", None)
+    if hf:
+        return hf
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict):
+        return cfg.get("hf_hub_id") or cfg.get("architecture")
+    return None
+
+
+@torch.no_grad()
+def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The PEFT-format tensors of the model's adapters (fp32, scale folded into ``lora_B``)."""
+    state: dict[str, torch.Tensor] = {}
+    for name, layer in adapter_layers(model).items():
+        a, b = layer.factors()
+        a, b = a.detach().float(), b.detach().float() * layer.scale.float()
+        if layer.kind == "conv2d":
+            base = layer.base_layer
+            if any(d != 1 for d in base.dilation):
+                raise ValueError(
+                    f"cannot export {name!r} to PEFT: it is a dilated convolution (dilation={base.dilation}), "
+                    "which PEFT's LoRA Conv2d does not reproduce."
+                )
+            a = a.reshape(layer.r, *base.weight.shape[1:])  # (r, c_in, kh, kw)
+            b = b[:, :, None, None]  # (m, r, 1, 1)
+        state[f"{PREFIX}{name}.lora_A.weight"] = a
+        state[f"{PREFIX}{name}.lora_B.weight"] = b
+    state.update({f"{PREFIX}{key}": value.detach() for key, value in saved_modules_state(model).items()})
+    return state
+
+
+def peft_config(model: nn.Module, base_model_name: str | None = None) -> dict[str, Any]:
+    """A PEFT ``LoraConfig`` as JSON: ``lora_alpha == r`` and per-layer ranks via ``rank_pattern``.
+
+    ``base_model_name`` is what ``base_model_name_or_path`` says: give the hub id (or a portable
+    name) the model came from; by default it is read off the model, which for a local copy is a
+    path on this machine."""
+    config = model_config(model)
+    layers = adapter_layers(model)
+    ranks = {name: layer.r for name, layer in layers.items()}
+    r = max(set(ranks.values()), key=list(ranks.values()).count)
+    rank_pattern = {n: k for n, k in ranks.items() if k != r}
+    return {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": base_model_name or _base_model_name(model),
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": rank_pattern,
+        "alpha_pattern": dict(rank_pattern),  # alpha == r per layer keeps PEFT's scale at 1
+        "target_modules": list(layers),
+        "modules_to_save": list(modules_to_save(model, config)) or None,
+        "lora_dropout": config.dropout,
+        "use_rslora": False,
+        "bias": "none",
+        "fan_in_fan_out": False,  # PEFT switches it on by itself for transformers Conv1D layers
+        "init_lora_weights": True,
+        "inference_mode": True,
+    }
+
+
+def export_peft(model: nn.Module, directory: str | os.PathLike, base_model_name: str | None = None) -> Path:
+    """Write the model's adapters as a PEFT LoRA folder that ``PeftModel.from_pretrained`` loads
+    (built whole beside ``directory`` and renamed into place); ``base_model_name`` as in
+    :func:`peft_config`."""
+    config = model_config(model)
+    state, peft_meta = peft_state_dict(model), peft_config(model, base_model_name)
+    meta = {"exported_as": "peft-lora", "config": config.to_dict(), "layers": list(adapter_layers(model))}
+
+    def fill(folder: Path) -> None:
+        save_safetensors(state, folder / WEIGHTS_NAME, metadata={"format": "pt"})
+        atomic_write_text(folder / PEFT_CONFIG_NAME, json.dumps(peft_meta, indent=2) + "\n")
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
+
+    return write_folder(directory, fill, owned={WEIGHTS_NAME, PEFT_CONFIG_NAME, CONFIG_NAME})

@@ -1,0 +1,229 @@
+"""The LightningModule every task shares: a backbone built lazily by name, one hook for whoever
+adapts it, trained-only checkpoints that refuse to load into another model, and the optimizer.
+
+It knows nothing about GenLoRA beyond one hook: whoever wants to change the backbone (the
+``GenLoRACallback``) registers a function with :meth:`AdapterTask.adapt_backbone`, which runs right
+after the backbone is built in ``configure_model`` (or at once when it already exists). That keeps
+injection before the strategy's DDP/FSDP wrap and before the optimizer is built.
+
+The optimizer and LR scheduler are callables built in ``configure_optimizers`` from the parameters
+that require grad. (LightningCLI's own ``--optimizer`` would be built from ``model.parameters()``
+before the adapters exist and train nothing.)
+
+A task subclass says how to build its backbone (:meth:`AdapterTask.build_backbone`) and how to
+compute its loss and metrics; everything else lives here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import nn
+
+from genlora_pl.adapters import config_differences
+from genlora_pl.checkpoints import adapter_config_of
+from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
+from genlora_pl.errors import first_line
+from genlora_pl.injection import CONFIG_ATTR, head_names
+
+
+def _adamw(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(params, lr=1e-3)
+
+
+# Wrappers that appear in module names but not in state-dict keys (their state-dict hooks drop them):
+# FSDP1 units, activation-checkpoint wrappers, torch.compile.
+_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+
+
+def _clean(name: str) -> str:
+    for prefix in _WRAPPER_PREFIXES:
+        name = name.replace(prefix, "")
+    return name
+
+
+def trained_state_keys(module: nn.Module) -> set[str]:
+    """State-dict keys of what training changes: parameters that require grad, the buffers of the
+    modules that own them (adapter ``gate``/``temperature``), and normalisation running statistics
+    (a frozen BatchNorm in train mode still updates them)."""
+    keys = set()
+    for prefix, sub in module.named_modules():
+        dot = f"{prefix}." if prefix else ""
+        owns_trainable = any(p.requires_grad for p in sub.parameters(recurse=False))
+        is_norm = isinstance(sub, nn.modules.batchnorm._NormBase)
+        keys |= {dot + n for n, p in sub.named_parameters(recurse=False) if p.requires_grad}
+        if owns_trainable or is_norm:
+            keys |= {dot + n for n, b in sub.named_buffers(recurse=False) if b is not None}
+    return {_clean(k) for k in keys}
+
+
+class AdapterTask(L.LightningModule):
+    """Shared base of the task modules (see the module docstring).
+
+    Args:
+        backbone: ``timm:<model>`` or ``hf:<hub id or local folder>``.
+        pretrained: load pretrained weights (timm hub / HF hub or local folder).
+        checkpoint_path: a local weights file for a timm backbone (implies pretrained).
+        backbone_kwargs: extra arguments of ``timm.create_model`` (``img_size``,
+            ``drop_path_rate``) or overrides of the transformers config.
+        optimizer: builds the optimizer from the trainable parameters.
+        lr_scheduler: builds an LR scheduler from the optimizer, stepped every optimizer step.
+        head_only: train the classifier head alone (linear probe). Without an adapter callback and
+            without this flag every parameter is trained (full fine-tuning).
+        compile: ``torch.compile`` the backbone after adapters are in.
+        activation_checkpointing: recompute each block's activations in the backward pass
+            (non-reentrant, so adapters inside frozen blocks still get gradients).
+        fsdp_blocks: class names of the blocks FSDP2 shards one by one (``ModelParallelStrategy``);
+            by default the backbone's repeated blocks are found by ``transformer_blocks``.
+    """
+
+    #: Name under which checkpoints record the task, so ``export`` rebuilds the right module.
+    task: ClassVar[str] = ""
+    #: Hyper-parameters that shape the trained weights: a checkpoint that differs in one is refused.
+    shaping_hparams: ClassVar[tuple[str, ...]] = ("backbone", "backbone_kwargs", "head_only")
+
+    def __init__(
+        self,
+        backbone: str,
+        pretrained: bool = True,
+        checkpoint_path: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+        optimizer: OptimizerCallable = _adamw,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        head_only: bool = False,
+        compile: bool = False,
+        activation_checkpointing: bool = False,
+        fsdp_blocks: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        # Records this class's and the subclass's arguments (Lightning walks the __init__ frames).
+        self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
+        self.backbone_name = backbone
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.backbone: nn.Module | None = None
+        self._backbone_hooks: dict[str, Callable[[nn.Module], None]] = {}
+
+    # ----------------------------------------------------------------- backbone
+    def build_backbone(self) -> nn.Module:
+        """The task's backbone, built from the hyper-parameters (the frozen weights included)."""
+        raise NotImplementedError
+
+    def adapt_backbone(self, name: str, fn: Callable[[nn.Module], None]) -> None:
+        """Run ``fn(backbone)`` once the backbone exists (now, if it already does)."""
+        self._backbone_hooks[name] = fn
+        if self.backbone is not None:
+            fn(self.backbone)
+
+    def configure_model(self) -> None:
+        if self.backbone is not None:
+            return
+        hp = self.hparams
+        backbone = self.build_backbone()
+        if hp.head_only:
+            heads = head_names(backbone)
+            backbone.requires_grad_(False)
+            for name in heads:
+                backbone.get_submodule(name).requires_grad_(True)
+        backbone.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
+        self.backbone = backbone
+        for fn in self._backbone_hooks.values():
+            fn(backbone)
+        if hp.activation_checkpointing:
+            enable_activation_checkpointing(backbone)
+        mesh = self.device_mesh  # set by ModelParallelStrategy only
+        if mesh is not None:
+            shard_fsdp2(backbone, mesh["data_parallel"], hp.fsdp_blocks)
+        # Kept out of nn.Module registration: a second name for the backbone would duplicate every
+        # key of the state dict.
+        self.__dict__["_compiled"] = torch.compile(backbone) if hp.compile else None
+
+    @property
+    def model(self) -> nn.Module:
+        """What the steps call: the compiled backbone when ``compile`` is on, else the backbone."""
+        compiled = self.__dict__.get("_compiled")
+        return compiled if compiled is not None else self.backbone
+
+    # ----------------------------------------------------------------- optimisation
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no parameter requires grad: nothing would be trained; check the adapter targets.")
+        try:
+            optimizer = self.optimizer_factory(params)
+        except ValueError as err:  # torch's own checks: "Invalid learning rate: -1.0"
+            raise ValueError(f"model.optimizer.init_args are not valid: {first_line(err)}.") from None
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer)
+        if hasattr(scheduler, "set_total_steps"):
+            scheduler.set_total_steps(int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep only what was trained: a GenLoRA checkpoint of a ViT-B is kilobytes, not 330 MB.
+        The frozen weights come back from the pretrained source when it is loaded; a randomly
+        initialised backbone (``pretrained=False``) has no such source and is saved whole."""
+        checkpoint["task"] = self.task
+        state = checkpoint["state_dict"]
+        # A distributed checkpoint (FSDP2 DCP folder, FSDP1 sharded) holds DTensor / ShardedTensor
+        # shards that its loader restores key by key, all keys required: it stays whole, spread over
+        # the ranks' files. Full-state files (the shipped configs) are filtered.
+        distributed = any(isinstance(v, torch.Tensor) and type(v) is not torch.Tensor for v in state.values())
+        if distributed or not (self.hparams.pretrained or self.hparams.checkpoint_path):
+            checkpoint["trained_only"] = False
+            return
+        keep = trained_state_keys(self)
+        checkpoint["state_dict"] = {k: v for k, v in state.items() if k in keep}
+        checkpoint["trained_only"] = len(checkpoint["state_dict"]) < len(state)
+
+    def differences(self, checkpoint: dict[str, Any]) -> list[str]:
+        """``"<setting>=<there> there, <here> here"`` for each setting that shapes the trained weights
+        (backbone, classes, adapter method, rank, targets, ...) and differs from this model's."""
+        saved = checkpoint.get("hyper_parameters", {})
+        keys = [k for k in self.shaping_hparams if k in saved]
+        out = config_differences({k: saved[k] for k in keys}, {k: self.hparams.get(k) for k in keys})
+        theirs = adapter_config_of(checkpoint)
+        mine = getattr(self.backbone, CONFIG_ATTR, None)
+        if (theirs is None) != (mine is None):
+            out.append(f"{'adapters' if theirs else 'no adapters'} there, {'adapters' if mine else 'none'} here")
+        elif theirs and mine:
+            out += config_differences(theirs, mine, ignore=("modules_to_save",))
+        return out
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Check a checkpoint fits this model before anything is copied: first the settings that
+        shape the weights (one sentence with what differs), then every key and shape."""
+        self.configure_model()
+        differences = self.differences(checkpoint)
+        if differences:
+            path = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
+            raise ValueError(
+                f"the checkpoint{f' {path}' if path else ''} was saved for another model ({'; '.join(differences)}); "
+                "resume with the settings it was trained with, or start a new fit without --ckpt_path."
+            )
+        state = checkpoint.get("state_dict")
+        if not state:  # a distributed checkpoint: the strategy restores the module itself, key by key
+            return
+        own = self.state_dict()
+        unexpected = sorted(set(state) - set(own))
+        missing = sorted(trained_state_keys(self) - set(state))
+        wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+        if unexpected or missing or wrong:
+            detail = (
+                f"unexpected keys {unexpected[:3]}"
+                if unexpected
+                else f"missing trained keys {missing[:3]}"
+                if missing
+                else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)} there, {tuple(own[wrong[0]].shape)} here"
+            )
+            raise ValueError(
+                f"the checkpoint does not fit this model ({detail}); it was saved with another backbone, "
+                "adapter or target set."
+            )
+        self.strict_loading = not checkpoint.get("trained_only", False)

@@ -1,0 +1,135 @@
+"""Classification: any timm or transformers classifier (images or text), built lazily by name."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from genlora_pl.backbones import BackboneSpec, build_backbone, check_hf_source
+from genlora_pl.tasks.base import AdapterTask
+
+
+class ClassificationModule(AdapterTask):
+    """Fine-tune a classifier backbone.
+
+    Metrics per split: ``acc`` (micro: correct / total), ``acc_balanced`` (the mean of per-class
+    recalls, i.e. macro accuracy; the two differ when classes are imbalanced) and, above 5 classes,
+    ``acc_top5``.
+
+    Args:
+        backbone: ``timm:<model>`` or ``hf:<hub id or local folder>``.
+        num_classes: number of classes (the CLI takes it from the data module).
+        class_names: the class names (the CLI takes them from the data module); exports write them
+            as ``id2label`` / ``label_names``, predictions use them.
+        label_smoothing: cross-entropy label smoothing.
+        **kwargs: the shared settings of :class:`~genlora_pl.tasks.base.AdapterTask` (pretrained,
+            checkpoint_path, backbone_kwargs, optimizer, lr_scheduler, head_only, compile, ...).
+    """
+
+    task: ClassVar[str] = "classification"
+    shaping_hparams: ClassVar[tuple[str, ...]] = ("backbone", "num_classes", "backbone_kwargs", "head_only")
+
+    def __init__(
+        self,
+        backbone: str,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        label_smoothing: float = 0.0,
+        **kwargs: Any,
+    ) -> None:
+        spec = BackboneSpec.parse(backbone)  # a bad name fails now, not after the data is loaded
+        if spec.library == "hf":
+            check_hf_source(spec.name)
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(class_names)} names but num_classes={num_classes}; give one per class."
+            )
+        super().__init__(backbone, **kwargs)
+        self.num_classes = num_classes
+
+        def metrics(split: str) -> MetricCollection:
+            m: dict[str, Any] = {
+                "acc": MulticlassAccuracy(num_classes, average="micro"),
+                "acc_balanced": MulticlassAccuracy(num_classes, average="macro"),
+            }
+            if num_classes > 5:
+                m["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+            return MetricCollection(m, prefix=f"{split}/")
+
+        self.train_metrics, self.val_metrics, self.test_metrics = metrics("train"), metrics("val"), metrics("test")
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.hparams.get("class_names") or [str(i) for i in range(self.num_classes)])
+
+    def build_backbone(self) -> nn.Module:
+        hp = self.hparams
+        return build_backbone(
+            self.backbone_name,
+            self.num_classes,
+            hp.pretrained,
+            hp.checkpoint_path,
+            hp.backbone_kwargs,
+            class_names=hp.get("class_names"),
+        )
+
+    # ----------------------------------------------------------------- steps
+    def forward(self, batch: Any) -> torch.Tensor:
+        if isinstance(batch, dict):
+            out = self.model(**{k: v for k, v in batch.items() if k not in ("labels", "index")})
+        else:
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            self._check_image_size(images)
+            out = self.model(images)
+        return out.logits if hasattr(out, "logits") else out
+
+    def _check_image_size(self, images: torch.Tensor) -> None:
+        """A timm model with a fixed input size (ViTs) fails deep inside on other sizes; say which
+        two settings disagree instead."""
+        embed = getattr(self.backbone, "patch_embed", None)
+        size = tuple(getattr(embed, "img_size", None) or ())
+        if not size or not getattr(embed, "strict_img_size", False) or getattr(embed, "dynamic_img_size", False):
+            return
+        if images.ndim == 4 and tuple(images.shape[-2:]) != size:
+            h, w = images.shape[-2:]
+            raise ValueError(
+                f"the images are {h}x{w} but {self.backbone_name} was built for {size[0]}x{size[1]} inputs; "
+                f"set data.init_args.image_size: {size[0]}, or model.backbone_kwargs.img_size: {h} "
+                "(or dynamic_img_size: true)."
+            )
+
+    def model_step(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        labels = batch["labels"] if isinstance(batch, dict) else batch[1]
+        logits = self(batch)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
+        return loss, logits, labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        loss, logits, labels = self.model_step(batch)
+        self.train_metrics(logits, labels)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict(self.train_metrics)
+        return loss
+
+    def _eval_step(self, batch: Any, split: str, metrics: MetricCollection) -> None:
+        loss, logits, labels = self.model_step(batch)
+        metrics.update(logits, labels)
+        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True)
+        self.log_dict(metrics)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "val", self.val_metrics)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, "test", self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+        probs = self(batch).float().softmax(-1)
+        return {"probabilities": probs, "prediction": probs.argmax(-1)}

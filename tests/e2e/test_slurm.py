@@ -1,0 +1,136 @@
+"""SLURM without a cluster: the real sbatch script under a stand-in ``srun`` (2 tasks on one node,
+CPU DDP over gloo), SIGUSR1 as SLURM sends it before the time limit, the requeue checkpoint, and a
+second launch that resumes from it by itself."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import wait_for, write_tiny_vit_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+FAKE_SRUN = """#!/bin/bash
+# srun stand-in: start SLURM_NTASKS copies of the command with their task ids, wait for all.
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+  SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_NODEID=0 "$@" >"$TASK_LOGS/task$i.out" 2>&1 &
+  pids+=($!)
+  echo $! >>"$TASK_LOGS/pids"
+done
+status=0
+for p in "${pids[@]}"; do wait "$p" || status=$?; done
+exit $status
+"""
+FAKE_SCONTROL = '#!/bin/bash\necho "$@" >>"$TASK_LOGS/scontrol.log"\n'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def task_pids(logs: Path) -> list[int]:
+    pids = logs / "pids"
+    return [int(p) for p in pids.read_text().split()] if pids.exists() else []
+
+
+def launch(tmp_path: Path, run_dir: Path, logs: Path, max_steps: int, weights: str) -> subprocess.Popen:
+    logs.mkdir(parents=True, exist_ok=True)
+    overlay = tmp_path / f"overlay-{max_steps}.yaml"
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "accelerator": "cpu",
+                    "strategy": "ddp",
+                    "max_steps": max_steps,
+                    "val_check_interval": None,
+                    "limit_val_batches": 1,
+                    "enable_progress_bar": False,
+                    "logger": {
+                        "class_path": "lightning.pytorch.loggers.CSVLogger",
+                        "init_args": {"save_dir": str(run_dir)},
+                    },
+                },
+                "model": {"pretrained": True, "checkpoint_path": weights},
+                "data": {"init_args": {"augment": False, "max_train_samples": 2048}},
+            }
+        )
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT / "tests"),
+        "PATH": f"{tmp_path / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "TASK_LOGS": str(logs),
+        "CONFIG": str(ROOT / "configs" / "debug.yaml"),
+        "RUN_DIR": str(run_dir),
+        "SLURM_JOB_NAME": "genlora-test",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_JOB_NUM_NODES": "1",
+        "SLURM_NNODES": "1",
+        "SLURM_NODELIST": "127.0.0.1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+    }
+    script = ROOT / "docker" / "slurm" / "single_node.sbatch"
+    # Lightning saves the requeue checkpoint inside the signal handler, with a barrier. A CPU rank
+    # in the middle of gloo collectives runs its handler out of step with the other rank, and both
+    # wait for ever; real jobs spend most time outside blocking calls (NCCL runs on streams). The
+    # pause after each batch, marked on disk, lets the test signal when both ranks are outside them.
+    pause = json.dumps({"class_path": "helpers.Sleep", "init_args": {"seconds": 1.5, "marker_dir": str(logs)}})
+    command = ["bash", str(script), "--config", str(overlay), "--trainer.callbacks+", pause]
+    return subprocess.Popen(command, cwd=tmp_path, env=env)
+
+
+def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
+    weights = str(write_tiny_vit_weights(tmp_path / "vit.safetensors"))
+    (tmp_path / "bin").mkdir()
+    for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (tmp_path / "bin" / name).write_text(body)
+        (tmp_path / "bin" / name).chmod(0o755)
+    run_dir = tmp_path / "outputs" / "run"
+
+    first_logs = tmp_path / "logs1"
+    job = launch(tmp_path, run_dir, first_logs, max_steps=100_000, weights=weights)
+    try:
+        paused = [first_logs / f"sleeping{rank}" for rank in (0, 1)]
+        wait_for(lambda: all(p.exists() for p in paused), 180, "both ranks to pause between batches")
+        for pid in task_pids(first_logs):  # SLURM signals every task of the job
+            os.kill(pid, signal.SIGUSR1)
+        hpc = run_dir / "hpc_ckpt_1.ckpt"
+        wait_for(lambda: hpc.exists() and (first_logs / "scontrol.log").exists(), 120, "the requeue checkpoint")
+        time.sleep(1)  # let the write finish before the job is killed, as SLURM would after the requeue
+    finally:
+        for pid in task_pids(first_logs):  # SLURM kills the job after the requeue
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        job.wait(timeout=60)
+    assert (first_logs / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    saved = torch.load(hpc, map_location="cpu", weights_only=True)
+    step = saved["global_step"]
+    assert step > 0 and any("latent_A" in k for k in saved["state_dict"])
+
+    second_logs = tmp_path / "logs2"
+    job = launch(tmp_path, run_dir, second_logs, max_steps=step + 3, weights=weights)
+    assert job.wait(timeout=300) == 0, (second_logs / "task0.out").read_text()[-3000:]
+    out = (second_logs / "task0.out").read_text()
+    assert f"Restoring states from the checkpoint path at {hpc}" in out
+    newest = max(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    last = torch.load(newest, map_location="cpu", weights_only=True)
+    assert last["global_step"] == step + 3
