@@ -72,10 +72,10 @@ def run_one(
     import lightning as L
     import torch
 
-    from genlora_pl.callback import GenLoRACallback
-    from genlora_pl.module import ClassificationModule
+    from genlora_pl.callbacks import GenLoRACallback
     from genlora_pl.schedules import Schedule, WarmupDecay
     from genlora_pl.spectra import adapter_spectra, parameter_report
+    from genlora_pl.tasks import ClassificationModule
 
     L.seed_everything(seed, verbose=False)
     data = make_data(task["data"], task["backbone"])
@@ -90,13 +90,9 @@ def run_one(
     )
     callbacks = []
     if kind in ("lora", "genlora"):
-        extra = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
+        options = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
         schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
-        callbacks.append(
-            GenLoRACallback(
-                method=kind, r=method["r"], seed=seed, log_every_n_steps=0, plots=False, **extra, **schedules
-            )
-        )
+        callbacks.append(GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **schedules))
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -196,7 +192,7 @@ def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str
 
 def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) -> str:
     """Write quality.csv, quality_summary.json, quality.png into ``results``; return markdown tables."""
-    from genlora_pl.state import atomic_write_text
+    from genlora_pl.files import atomic_write_text
 
     results.mkdir(parents=True, exist_ok=True)
     fields = [
@@ -293,7 +289,7 @@ def plot(summary: dict[str, Any], results: Path) -> None:
     handles = [plt.Line2D([], [], color=c, marker=m, linestyle="none", label=f) for f, (c, m) in styles.items()]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
-    from genlora_pl.state import atomic_write
+    from genlora_pl.files import atomic_write
 
     atomic_write(results / "quality.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
 

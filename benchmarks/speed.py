@@ -197,7 +197,7 @@ def memory_child(name: str, method: str, args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------------ report
 def bench(name: str, args: argparse.Namespace) -> list[str]:
-    from genlora_pl.callback import GenLoRACallback
+    from genlora_pl.callbacks import AdapterMonitor
 
     size = args.vit_batch if name == "vit" else args.text_batch
     inputs, labels = batch(name, size, args.tokens, args.device)
@@ -206,7 +206,7 @@ def bench(name: str, args: argparse.Namespace) -> list[str]:
     train = timed_rounds(
         {m: (lambda r=runs[m]: train_step(*r, inputs, labels)) for m in METHODS}, args.rounds, args.warmup, sync
     )
-    callback = GenLoRACallback()  # its default logging interval and its measurement
+    callback = AdapterMonitor()  # its default logging interval and its measurement
     genlora_model = runs["GenLoRA"][0]
     spectra = timed_rounds({"spectra": lambda: callback.measure(genlora_model, 0)}, args.rounds, 1, sync)["spectra"]
     interval = callback.log_every_n_steps

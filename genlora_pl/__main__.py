@@ -55,8 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         if not is_user_error(err) or os.environ.get("GENLORA_PL_DEBUG"):
             raise
-        prefix = "these trainer settings cannot run here: " if type(err).__name__ == "MisconfigurationException" else ""
-        print(f"error: {prefix}{one_line(err)}", file=sys.stderr)
+        message = one_line(err)
+        if type(err).__name__ == "MisconfigurationException":
+            message = f"these trainer settings cannot run here: {message}"
+            if "gpu backend" in message:
+                message += "; to run on the CPU instead pass --trainer.accelerator cpu --trainer.precision 32"
+        print(f"error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -7,20 +7,26 @@ The data module decides ``num_classes`` and the class names (linked into the mod
 the model's ``backbone`` name (linked into the data) to pick transforms or the tokenizer.
 
 Run folders: ``fit`` writes logs, checkpoints, plots and ``results.json`` into a new version folder of
-its loggers; ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues in that same folder;
-``validate``, ``test`` and ``predict`` open no logger folder: they write ``<stage>_results.json`` or
-``predictions.jsonl`` beside the checkpoint's run, or nothing.
+its loggers; ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues in that same folder (keeping
+the ``metrics.csv`` rows up to the checkpoint, which Lightning's CSV logger would delete); a fit that
+fails before its first optimizer step removes the folders it created; ``validate``, ``test`` and
+``predict`` open no logger folder: they write ``<stage>_results.json`` or ``predictions.jsonl`` beside
+the checkpoint's run, or nothing.
 """
 
 from __future__ import annotations
 
+import csv
 import json
+import shutil
 import sys
+import warnings
 from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from genlora_pl.callbacks import AdapterMonitor, FaultTolerance, GenLoRACallback, PredictionWriter
@@ -129,9 +135,27 @@ def _loggers(config: Any) -> list[Any]:
     return [e for e in entries if hasattr(e, "get") and e.get("init_args") is not None]
 
 
+def _reopen_csv(logger: CSVLogger, step: int) -> None:
+    """Open a CSV logger on the folder of a run it logged before, keeping the rows up to ``step``
+    (Lightning's writer deletes an existing ``metrics.csv`` when it starts)."""
+    path = Path(logger.log_dir) / "metrics.csv"
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        header = list(reader.fieldnames or [])
+        rows = [r for r in reader if r.get("step") and int(float(r["step"])) <= step]
+    writer = logger.experiment  # created now: this is where it deletes the file
+    writer.metrics_keys = sorted(header)
+    writer.metrics = rows
+    writer.save()
+
+
 class GenLoRACLI(LightningCLI):
     """LightningCLI with the ``adapter``, ``monitor``, ``faults`` and ``predictions`` sections
     always present (see the module docstring for where runs write)."""
+
+    resume_step: int | None = None
 
     def _parse_ckpt_path(self) -> None:
         # LightningCLI reads the checkpoint's hyper-parameters before anything else, with torch's
@@ -139,8 +163,33 @@ class GenLoRACLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and Path(path).is_file():
-            read_checkpoint(path)
+            self.resume_step = int(read_checkpoint(path).get("global_step", 0))
         super()._parse_ckpt_path()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        """Runs the subcommand; a fit that fails before its first optimizer step takes the run
+        folders it created with it (a SIGTERM keeps them: it saved a checkpoint there)."""
+        created = self._new_run_folders() if subcommand == "fit" else []
+        try:
+            super()._run_subcommand(subcommand)
+        except BaseException as err:
+            if self.trainer.global_step == 0 and self.trainer.is_global_zero and not isinstance(err, SIGTERMException):
+                for folder in created:
+                    shutil.rmtree(folder, ignore_errors=True)
+            raise
+
+    def _new_run_folders(self) -> list[Path]:
+        """The loggers' run folders that do not exist yet, each as its outermost missing folder."""
+        folders = []
+        for logger in self.trainer.loggers:
+            if getattr(logger, "log_dir", None):
+                folder = Path(logger.log_dir).absolute()
+                if folder.exists():
+                    continue
+                while not folder.parent.exists():
+                    folder = folder.parent
+                folders.append(folder)
+        return folders
 
     def add_arguments_to_parser(self, parser: Any) -> None:
         parser.add_lightning_class_args(GenLoRACallback, "adapter")
@@ -156,6 +205,8 @@ class GenLoRACLI(LightningCLI):
         self._move_deprecated_keys(config)
         if self.subcommand in EVALUATION:
             config.trainer.logger = False  # no new version folder for an evaluation
+            # without a logger the checkpoint callbacks point elsewhere than in the fit: irrelevant here
+            warnings.filterwarnings("ignore", message="The dirpath has changed")
         elif self.subcommand == "fit":
             self._continue_in_run_folder(config)
 
@@ -185,6 +236,16 @@ class GenLoRACLI(LightningCLI):
             root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
             if args.get("version") is None and (root / run.name).absolute().is_dir():
                 args.version = run.name
+
+    def before_fit(self) -> None:
+        if self.resume_step is None or run_folder(self.config.fit.get("ckpt_path")) is None:
+            return
+        # resuming in the run's own folder: Lightning would warn that it is not empty, and its CSV
+        # logger would delete metrics.csv; keep the rows the checkpoint had seen
+        warnings.filterwarnings("ignore", message=r"(Experiment logs|Checkpoint) directory .* exists and is not empty")
+        for logger in self.trainer.loggers:
+            if isinstance(logger, CSVLogger) and self.trainer.is_global_zero:
+                _reopen_csv(logger, self.resume_step)
 
     def instantiate_trainer(self, **kwargs: Any) -> Any:
         trainer_config = self._get(self.config_init, "trainer", default={})

@@ -119,6 +119,21 @@ class Sleep(L.Callback):
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def small_trainer(tmp_path: Path, callbacks: list, **kw) -> L.Trainer:
+    """A CPU Trainer for a few steps that writes nothing but what a test asks for."""
+    defaults = dict(
+        accelerator="cpu",
+        max_steps=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=1,
+        default_root_dir=tmp_path,
+    )
+    return L.Trainer(callbacks=callbacks, **{**defaults, **kw})
+
+
 def run_cli(*args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """``python -m genlora_pl ARGS`` in a child process (needed where Lightning relaunches the command
     for more ranks), with this folder importable for ``class_path: helpers.*``."""

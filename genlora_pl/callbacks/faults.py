@@ -16,24 +16,18 @@ The CLI always adds it (section ``faults``); add it to ``Trainer(callbacks=...)`
 - A NaN or Inf loss stops the run before the backward pass, so no update is applied, with one
   sentence naming the step and the last good checkpoint; a checkpoint whose trainable parameters are
   not finite is never written, so the last good one is not replaced by garbage.
-- Run folders: a fit that fails before its first optimizer step leaves no log folder behind, and a
-  resumed fit that continues in its own run folder keeps the ``metrics.csv`` rows it had (Lightning's
-  CSV logger deletes them when it reopens a folder).
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.loggers import CSVLogger
 
 from genlora_pl.checkpoints import install_atomic_io
 
@@ -97,13 +91,11 @@ class FaultTolerance(L.Callback):
         self.checkpoint_on_sigterm = checkpoint_on_sigterm
         self.stop_on_nonfinite = stop_on_nonfinite
         self._rng_to_restore: dict[str, Any] | None = None
-        self._new_folders: list[Path] = []
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         # setup runs before the strategy loads a ckpt_path, so the load already goes through it
         if self.atomic_checkpoints:
             install_atomic_io(trainer.strategy)
-        self._new_folders = [p for p in _log_folders(trainer) if not p.exists()] if stage == "fit" else []
 
     # ----------------------------------------------------------------- resumption
     def state_dict(self) -> dict[str, Any]:
@@ -111,12 +103,6 @@ class FaultTolerance(L.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._rng_to_restore = state.get("rng") if self.restore_rng else None
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if trainer.state.fn == "fit" and trainer.is_global_zero:
-            for logger in trainer.loggers:
-                if isinstance(logger, CSVLogger):
-                    _reopen_csv(logger, int(checkpoint.get("global_step", 0)))
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
         # Not at load time: between the load and the first batch Lightning runs the sanity check and
@@ -169,9 +155,6 @@ class FaultTolerance(L.Callback):
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
         sigterm = isinstance(exception, SIGTERMException)
-        if trainer.global_step == 0 and trainer.is_global_zero and not sigterm:  # failed before training
-            for folder in self._new_folders:
-                shutil.rmtree(folder, ignore_errors=True)
         # Only SIGTERM: Lightning raises it between optimizer steps, so the state is consistent.
         # A KeyboardInterrupt or an error can land in the middle of an update.
         if not (self.checkpoint_on_sigterm and sigterm):
@@ -194,32 +177,3 @@ class FaultTolerance(L.Callback):
 def _finite(p: torch.Tensor) -> bool:
     local = p.to_local() if hasattr(p, "to_local") else p  # FSDP2 DTensor: each rank checks its shard
     return bool(torch.isfinite(local.detach()).all())
-
-
-def _log_folders(trainer: L.Trainer) -> list[Path]:
-    """The run folders of the trainer's loggers, each as its outermost folder that does not exist
-    yet (what a failed start would leave behind)."""
-    folders = []
-    for logger in trainer.loggers:
-        log_dir = getattr(logger, "log_dir", None)
-        if log_dir:
-            folder = Path(log_dir).absolute()
-            while not folder.parent.exists():
-                folder = folder.parent
-            folders.append(folder)
-    return folders
-
-
-def _reopen_csv(logger: CSVLogger, step: int) -> None:
-    """Open a CSV logger on a folder it wrote before, keeping the rows up to ``step``: Lightning's
-    writer deletes an existing ``metrics.csv`` when it starts."""
-    path = Path(logger.log_dir) / "metrics.csv"
-    if not path.is_file():
-        return
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        header, rows = list(reader.fieldnames or []), [r for r in reader if r.get("step") and int(r["step"]) <= step]
-    writer = logger.experiment  # created now: this is where it deletes the file
-    writer.metrics_keys = sorted(header)
-    writer.metrics = rows
-    writer.save()

@@ -49,6 +49,8 @@ class PredictionWriter(BasePredictionWriter):
         datamodule = trainer.datamodule
         names = list(getattr(pl_module, "class_names", None) or [])
         describe = getattr(datamodule, "describe", None)
+        if batch_indices and batch_indices[0] and isinstance(batch_indices[0][0], list):
+            batch_indices = batch_indices[0]  # one dataloader: Lightning nests its batches' indices once more
         rows, position = [], 0
         for batch_no, batch in enumerate(predictions):
             if not isinstance(batch, dict) or "probabilities" not in batch:

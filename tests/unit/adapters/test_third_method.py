@@ -6,6 +6,7 @@ from __future__ import annotations
 import lightning as L
 import pytest
 import torch
+from helpers import small_trainer
 
 from conftest import make_vit, output
 from genlora_pl import adapter_spectra, export_peft, inject_adapters, load_adapter, merge_and_unload, save_adapter
@@ -93,16 +94,7 @@ def test_a_lightning_fit_trains_only_its_parameters(tmp_path, lora_fa):
         backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 2},
     )
     callback = GenLoRACallback(method="lora_fa", r=2, target_modules=TARGETS, options={"a_scale": 2.0})
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[callback, AdapterMonitor(log_every_n_steps=1, plots=False)],
-    )
+    trainer = small_trainer(tmp_path, [callback, AdapterMonitor(log_every_n_steps=1, plots=False)], max_steps=2)
     trainer.fit(module, datamodule=Images())
     layers = adapter_layers(module.backbone)
     assert layers and all(isinstance(layer, lora_fa.LoRAFALayer) for layer in layers.values())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lightning as L
 import pytest
+from helpers import small_trainer as trainer
 from helpers import write_text_csv, write_tiny_bert
 from torch import nn
 
@@ -23,20 +24,6 @@ def text_data(tmp_path, bert, **kw):
     return TextClassificationData(
         train_file=str(write_text_csv(tmp_path / "t.csv")), batch_size=8, max_length=16, backbone=f"hf:{bert}", **kw
     )
-
-
-def trainer(tmp_path, callbacks, **kw):
-    defaults = dict(
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=1,
-        default_root_dir=tmp_path,
-    )
-    return L.Trainer(callbacks=callbacks, **{**defaults, **kw})
 
 
 class OptimizerProbe(L.Callback):

@@ -1,0 +1,31 @@
+"""What the terminal shows: advertisements dropped, warnings on one line, a true epoch description."""
+
+from __future__ import annotations
+
+import logging
+import types
+import warnings
+
+from genlora_pl.console import _step_description, quiet
+
+
+def test_adverts_are_dropped_and_other_lines_kept(caplog):
+    quiet()
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    with caplog.at_level(logging.INFO, logger=log.name):
+        log.info("💡 Tip: For seamless cloud logging, try installing litlogger")
+        log.info("GPU available: False, used: False")
+    assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_warnings_print_as_one_line():
+    quiet()
+    line = warnings.formatwarning("something to know", UserWarning, "/x/y.py", 3, "code()")
+    assert line == "warning: something to know\n"
+    assert warnings.formatwarning("moved", FutureWarning, "f.py", 1).startswith("deprecated: moved")
+
+
+def test_step_limited_runs_do_not_show_a_negative_epoch_count():
+    trainer = types.SimpleNamespace(max_epochs=-1, max_steps=6, global_step=2)
+    assert _step_description(trainer, 0) == "Epoch 0 (max_steps 6)"
+    assert _step_description(types.SimpleNamespace(max_epochs=10, max_steps=-1), 2) == "Epoch 2/9"
