@@ -65,6 +65,21 @@ def update_ranks(backbone: Any, before: dict[str, Any]) -> list[float]:
     return ranks
 
 
+def frozen_norm_stats() -> Any:
+    """A callback that keeps every BatchNorm in eval mode while training (running statistics frozen
+    at their pretrained values): the BatchNorm variant of the vision investigation."""
+    import lightning as L
+    from torch import nn
+
+    class FrozenNormStats(L.Callback):
+        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+            for module in pl_module.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+
+    return FrozenNormStats()
+
+
 def run_one(
     task: dict[str, Any], method: dict[str, Any], seed: int, cfg: dict[str, Any], stage: str, results: Path
 ) -> dict[str, Any]:
@@ -80,19 +95,30 @@ def run_one(
     L.seed_everything(seed, verbose=False)
     data = make_data(task["data"], task["backbone"])
     kind = method["kind"]
+    adapted = kind in ("lora", "genlora")
+    # lr: the adapters' rate (adapter_lr) for adapter methods, the only rate otherwise; head_lr: the
+    # optimizer's own rate, which trains the head (by default the same as lr, as before parameter groups)
     lr, wd = float(method["lr"]), float(cfg["optimizer"].get("weight_decay", 0.0))
+    head_lr = float(method.get("head_lr", lr))
     module = ClassificationModule(
         task["backbone"],
         num_classes=data.num_classes,
-        optimizer=lambda params: torch.optim.AdamW(params, lr=lr, weight_decay=wd),
+        optimizer=lambda params: torch.optim.AdamW(params, lr=head_lr, weight_decay=wd),
         lr_scheduler=lambda opt: WarmupDecay(opt, **cfg["scheduler"]),
         head_only=kind == "head",
+        adapter_lr=lr if adapted else None,
+        adapter_lr_multipliers=method.get("multipliers"),
     )
-    callbacks = []
-    if kind in ("lora", "genlora"):
+    callbacks: list[Any] = []
+    if adapted:
         options = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
         schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
-        callbacks.append(GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **schedules))
+        scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
+        callbacks.append(
+            GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules)
+        )
+    if method.get("norm_stats") == "frozen":
+        callbacks.append(frozen_norm_stats())
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -175,12 +201,13 @@ def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str
         for tune in cfg["tuning"]:
             if tasks and tune["task"] not in tasks:
                 continue
-            for variant in tune["variants"]:
-                if variant.get("kind", tune["base"]["kind"]) != tune["base"]["kind"]:
-                    yield tune["task"], variant, 0  # another method: a complete entry of its own
-                    continue
-                name = tune["base"]["name"] + " " + ", ".join(f"{k}={v}" for k, v in variant.items())
-                yield tune["task"], {**tune["base"], **variant, "name": name}, 0
+            for seed in [s for s in tune.get("seeds", [0]) if seeds is None or s in seeds]:
+                for variant in tune["variants"]:
+                    if variant.get("kind", tune["base"]["kind"]) != tune["base"]["kind"]:
+                        yield tune["task"], variant, seed  # another method: a complete entry of its own
+                        continue
+                    name = tune["base"]["name"] + " " + ", ".join(f"{k}={v}" for k, v in variant.items())
+                    yield tune["task"], {**tune["base"], **variant, "name": name.strip()}, seed
         return
     for key in tasks:
         overrides = cfg["tasks"][key].get("lr", {})  # per-task learning rates by method name
@@ -316,7 +343,8 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         done = {run_key(r) for r in read_runs(args.results / RUNS)}
-        for key, method, seed in planned(cfg, args.stage, tasks, args.methods, args.seeds or cfg["seeds"]):
+        seeds = args.seeds or (cfg["seeds"] if args.stage == "final" else None)
+        for key, method, seed in planned(cfg, args.stage, tasks, args.methods, seeds):
             if planned_key(args.stage, key, method, seed) in done:
                 continue
             row = run_one({**cfg["tasks"][key], "key": key}, method, seed, cfg, args.stage, args.results)
@@ -331,7 +359,7 @@ def main() -> None:
             )
     # Tables hold the runs of the current config; runs of settings since changed stay in the runs file.
     current = {planned_key("final", *p) for p in planned(cfg, "final", list(cfg["tasks"]), None, cfg["seeds"])}
-    current |= {planned_key("tune", *p) for p in planned(cfg, "tune", list(cfg["tasks"]), None, [])}
+    current |= {planned_key("tune", *p) for p in planned(cfg, "tune", list(cfg["tasks"]), None, None)}
     latest = {run_key(r): r for r in read_runs(args.results / RUNS)}  # a run repeated: its last result
     rows = [r for k, r in latest.items() if k in current]
     print(summarize(rows, cfg, args.results))

@@ -106,6 +106,9 @@ class AdapterLayer(nn.Module):
     diagnostics_summary: ClassVar[dict[str, tuple[str, str]]] = {}
     #: Threshold lines on the diagnostics figure: ``stat -> (value, what crossing it means)``.
     diagnostics_alarms: ClassVar[dict[str, tuple[float, str]]] = {}
+    #: The kind of each trainable parameter (``param name -> kind``): the optimizer gives each kind its
+    #: own parameter group, whose learning rate ``model.adapter_lr_multipliers`` can scale.
+    param_kinds: ClassVar[dict[str, str]] = {}
 
     def __init__(self, base_layer: nn.Module, config: AdapterConfig, path: str) -> None:
         super().__init__()
@@ -146,6 +149,10 @@ class AdapterLayer(nn.Module):
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The method's own trainable parameters (everything outside ``base_layer``)."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+
+    def parameter_kind(self, name: str) -> str:
+        """The kind of adapter parameter ``name`` (``"adapter"`` when the method declares none)."""
+        return self.param_kinds.get(name, "adapter")
 
     # ----------------------------------------------------------------- maths
     @property

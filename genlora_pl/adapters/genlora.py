@@ -109,6 +109,16 @@ class GenLoRALayer(AdapterLayer):
     """GenLoRA adapter around one layer; parameters are named as in ``GENLORA.md``."""
 
     config: GenLoRAConfig
+    param_kinds: ClassVar[dict[str, str]] = {
+        "latent_A": "latent",
+        "latent_B": "latent",
+        "centers_A": "center",
+        "centers_B": "center",
+        "log_widths_A": "width",
+        "log_widths_B": "width",
+        "amps_A": "amp",
+        "amps_B": "amp",
+    }
 
     def __init__(self, base_layer: nn.Module, config: GenLoRAConfig, path: str) -> None:
         super().__init__(base_layer, config, path)

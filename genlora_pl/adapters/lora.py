@@ -26,6 +26,7 @@ class LoRAConfig(AdapterConfig):
 
 class LoRALayer(AdapterLayer):
     config: LoRAConfig
+    param_kinds: ClassVar[dict[str, str]] = {"lora_A": "A", "lora_B": "B"}  # LoRA+ gives B a larger rate
 
     def __init__(self, base_layer: nn.Module, config: LoRAConfig, path: str) -> None:
         super().__init__(base_layer, config, path)

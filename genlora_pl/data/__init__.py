@@ -5,6 +5,7 @@ from genlora_pl.data.base import ClassificationData
 from genlora_pl.data.images import (
     CIFAR10Data,
     CIFAR100Data,
+    DigitsData,
     FashionMNISTData,
     ImageData,
     ImageFolderData,
@@ -17,6 +18,7 @@ __all__ = [
     "CIFAR10Data",
     "CIFAR100Data",
     "ClassificationData",
+    "DigitsData",
     "FashionMNISTData",
     "ImageData",
     "ImageFolderData",

@@ -9,11 +9,13 @@ the tokenizer.
 from __future__ import annotations
 
 import itertools
+import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -55,18 +57,22 @@ class ResumableSampler(DistributedSampler):
     next epoch.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, keyed: bool = False, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.keyed = keyed
         self.yielded = 0
         self._resume_at: int | None = None
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
+        """Indices, or ``(epoch, index)`` keys with ``keyed``: a :class:`TransformedDataset` with a
+        seed draws each sample's augmentation from them, in whichever worker loads it."""
         # a generator: nothing is drawn until the first batch, after Lightning's set_epoch
         start, self._resume_at = self._resume_at or 0, None
         self.yielded = start
+        epoch = self.epoch
         for index in itertools.islice(super().__iter__(), start, None):
             self.yielded += 1
-            yield index
+            yield (epoch, index) if self.keyed else index
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "yielded": self.yielded}
@@ -79,18 +85,45 @@ class ResumableSampler(DistributedSampler):
         self._resume_at = yielded
 
 
-class TransformedDataset(Dataset):
-    """Apply a transform to the input of ``(input, label)`` pairs (images stay lazy)."""
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch."""
+    return ((seed * 1_000_003 + epoch) * 1_000_003 + index) % (2**63)
 
-    def __init__(self, base: Dataset, transform: Callable | None) -> None:
-        self.base, self.transform = base, transform
+
+class TransformedDataset(Dataset):
+    """Apply a transform to the input of ``(input, label)`` pairs (images stay lazy).
+
+    With ``seed``, a random transform (augmentation) is made reproducible: indexed with an
+    ``(epoch, index)`` key (what a keyed :class:`ResumableSampler` yields) it draws from RNGs seeded
+    by ``(seed, epoch, index)`` and leaves the process's own RNG states as they were. So a resumed fit
+    replays the augmentation of an uninterrupted one exactly, and the number of loader workers does
+    not change a result.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable | None, seed: int | None = None) -> None:
+        self.base, self.transform, self.seed = base, transform, seed
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, i: int) -> tuple[Any, int]:
-        x, y = self.base[i]
-        return (self.transform(x) if self.transform else x), y
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, int]:
+        epoch, index = key if isinstance(key, tuple) else (None, key)
+        x, y = self.base[index]
+        if self.transform is None:
+            return x, y
+        if self.seed is None or epoch is None:
+            return self.transform(x), y
+        seed = sample_seed(self.seed, epoch, index)
+        python_state, numpy_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            try:
+                return self.transform(x), y
+            finally:
+                random.setstate(python_state)
+                np.random.set_state(numpy_state)
 
 
 class ClassificationData(L.LightningDataModule):
@@ -204,7 +237,8 @@ class ClassificationData(L.LightningDataModule):
             # handed): the order depends only on (seed, epoch), and its position is resumable.
             parts = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
             parts = parts or {"num_replicas": 1, "rank": 0}
-            sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed, **parts)
+            keyed = isinstance(dataset, TransformedDataset) and dataset.seed is not None
+            sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed, keyed=keyed, **parts)
         return StatefulDataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),

@@ -1,4 +1,4 @@
-"""Image classification data: CIFAR-10/100, an image folder, Fashion-MNIST, the MNIST subset."""
+"""Image classification data: CIFAR-10/100, an image folder, Fashion-MNIST, the MNIST subset, digits."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ class ImageData(ClassificationData):
         if self._transforms is None:
             self._transforms = image_transforms(self.backbone, self.image_size)
         train, evaluate = self._transforms
-        return TransformedDataset(dataset, train if split == "train" and self.augment else evaluate)
+        if split == "train" and self.augment:  # seeded per (epoch, sample): resumable, worker-independent
+            return TransformedDataset(dataset, train, seed=self.seed)
+        return TransformedDataset(dataset, evaluate)
 
     def split_train(self, train: Dataset, test: Dataset) -> dict[str, Dataset]:
         tr, va = seeded_split(len(train), [1 - self.val_fraction, self.val_fraction], self.seed)
@@ -261,8 +263,31 @@ class MNISTSubsetData(ImageData):
         return {"train": Subset(images, tr), "val": Subset(images, va), "test": Subset(images, te)}
 
 
+class DigitsData(ImageData):
+    """scikit-learn's handwritten digits: 1,797 images of 8 x 8 pixels (16 grey levels) in 10 classes,
+    from the UCI optical-recognition set; split seeded into train / val / test. Offline, so a second
+    real vision task beside Fashion-MNIST (upsampled to the backbone's input size)."""
+
+    CLASSES = tuple(str(d) for d in range(10))
+
+    def __init__(self, test_fraction: float = 0.2, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.test_fraction = test_fraction
+
+    def load_splits(self) -> dict[str, Dataset]:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        pixels = np.clip(digits.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
+        images = ArrayImages(pixels, digits.target)
+        frac = [1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction]
+        tr, va, te = seeded_split(len(images), frac, self.seed)
+        return {"train": Subset(images, tr), "val": Subset(images, va), "test": Subset(images, te)}
+
+
 __all__ = [
     "CIFAR100Data",
+    "DigitsData",
     "CIFAR10Data",
     "FashionMNISTData",
     "ImageFolderData",

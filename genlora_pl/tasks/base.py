@@ -16,6 +16,7 @@ compute its loss and metrics; everything else lives here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ from genlora_pl.adapters import config_differences
 from genlora_pl.checkpoints import adapter_config_of
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 from genlora_pl.errors import first_line
-from genlora_pl.injection import CONFIG_ATTR, head_names
+from genlora_pl.injection import CONFIG_ATTR, adapter_layers, head_names
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -44,6 +45,10 @@ def _clean(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def trained_state_keys(module: nn.Module) -> set[str]:
@@ -79,6 +84,12 @@ class AdapterTask(L.LightningModule):
             (non-reentrant, so adapters inside frozen blocks still get gradients).
         fsdp_blocks: class names of the blocks FSDP2 shards one by one (``ModelParallelStrategy``);
             by default the backbone's repeated blocks are found by ``transformer_blocks``.
+        adapter_lr: learning rate of the adapter parameters; ``null`` means the optimizer's own
+            ``lr``, which always applies to everything else trained (the head, ``modules_to_save``).
+            Generated-weight adapters want a rate several times the head's (see the README).
+        adapter_weight_decay: weight decay of the adapter parameters; ``null``: the optimizer's.
+        adapter_lr_multipliers: per kind of adapter parameter, a factor on ``adapter_lr``:
+            GenLoRA's ``latent``, ``center``, ``width``, ``amp``; LoRA's ``A``, ``B`` (LoRA+ style).
     """
 
     #: Name under which checkpoints record the task, so ``export`` rebuilds the right module.
@@ -98,7 +109,19 @@ class AdapterTask(L.LightningModule):
         compile: bool = False,
         activation_checkpointing: bool = False,
         fsdp_blocks: list[str] | None = None,
+        adapter_lr: float | None = None,
+        adapter_weight_decay: float | None = None,
+        adapter_lr_multipliers: dict[str, float] | None = None,
     ) -> None:
+        if adapter_lr is not None and not (_number(adapter_lr) and adapter_lr > 0):
+            raise ValueError(
+                f"adapter_lr={adapter_lr!r} is not valid; give a positive number, or null for the optimizer's lr."
+            )
+        if adapter_weight_decay is not None and not (_number(adapter_weight_decay) and adapter_weight_decay >= 0):
+            raise ValueError(f"adapter_weight_decay={adapter_weight_decay!r} is not valid; give a number >= 0 or null.")
+        for kind, factor in (adapter_lr_multipliers or {}).items():
+            if not (_number(factor) and factor > 0):
+                raise ValueError(f"adapter_lr_multipliers.{kind}={factor!r} is not valid; give a positive number.")
         super().__init__()
         # Records this class's and the subclass's arguments (Lightning walks the __init__ frames).
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -149,14 +172,43 @@ class AdapterTask(L.LightningModule):
         return compiled if compiled is not None else self.backbone
 
     # ----------------------------------------------------------------- optimisation
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The trained parameters in named groups: ``head`` (everything trained that is not an
+        adapter: the head, ``modules_to_save``; all of the model in a full fine-tune) and one
+        ``adapter.<kind>`` group per kind of adapter parameter (GenLoRA: latent, center, width, amp)."""
+        kinds: dict[str, list[nn.Parameter]] = {}
+        for layer in adapter_layers(self.backbone).values():
+            for name, param in layer.adapter_parameters().items():
+                if param.requires_grad:
+                    kinds.setdefault(layer.parameter_kind(name), []).append(param)
+        taken = {id(p) for params in kinds.values() for p in params}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        groups = [{"name": "head", "params": rest}] if rest else []
+        groups += [{"name": f"adapter.{kind}", "params": params} for kind, params in sorted(kinds.items())]
+        unknown = sorted(set(self.hparams.get("adapter_lr_multipliers") or {}) - set(kinds))
+        if unknown and kinds:
+            raise ValueError(
+                f"adapter_lr_multipliers names {unknown}, which are no kind of this model's adapter parameters; "
+                f"the kinds are {sorted(kinds)}."
+            )
+        return groups
+
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        if not params:
+        groups = self.parameter_groups()
+        if not groups:
             raise ValueError("no parameter requires grad: nothing would be trained; check the adapter targets.")
         try:
-            optimizer = self.optimizer_factory(params)
+            optimizer = self.optimizer_factory(groups)
         except ValueError as err:  # torch's own checks: "Invalid learning rate: -1.0"
             raise ValueError(f"model.optimizer.init_args are not valid: {first_line(err)}.") from None
+        hp = self.hparams
+        multipliers = hp.get("adapter_lr_multipliers") or {}
+        for group in optimizer.param_groups:  # now filled with the optimizer's defaults
+            if group["name"].startswith("adapter."):
+                lr = hp.get("adapter_lr") if hp.get("adapter_lr") is not None else group["lr"]
+                group["lr"] = lr * multipliers.get(group["name"].removeprefix("adapter."), 1.0)
+                if hp.get("adapter_weight_decay") is not None:
+                    group["weight_decay"] = hp.adapter_weight_decay
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer)

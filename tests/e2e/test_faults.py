@@ -34,8 +34,9 @@ def weights(tmp_path_factory) -> str:
 
 
 def overlay(folder: Path, weights: str, callbacks: list, **trainer) -> dict:
-    """Two epochs of 6 steps with randomness in every step (dropout in the ViT and the adapters),
-    so an exact match after a resume needs the data position and the RNG states back."""
+    """Two epochs of 6 steps with randomness in every step (dropout in the ViT and the adapters, the
+    backbone's default image augmentation), so an exact match after a resume needs the data position,
+    the RNG states and the per-sample augmentation seeds back."""
     return {
         "trainer": {
             "default_root_dir": str(folder),
@@ -58,7 +59,7 @@ def overlay(folder: Path, weights: str, callbacks: list, **trainer) -> dict:
             "checkpoint_path": weights,
             "backbone_kwargs": {"img_size": 32, "patch_size": 8, "depth": 2, "drop_rate": 0.1},
         },
-        "data": {"init_args": {"augment": False}},
+        "data": {"init_args": {"augment": True}},
     }
 
 
@@ -132,6 +133,15 @@ def test_sigkill_mid_epoch_then_resume_ends_with_the_same_adapters(tmp_path, wei
     step = step_of(ckpt)  # the last checkpoint is whole, even if the kill landed in a write
     assert 3 <= step < STEPS_PER_EPOCH, "the kill must land in the middle of the first epoch"
     assert_same(reference, resume(tmp_path / "resumed", weights, ckpt))
+
+
+@pytest.mark.slow
+def test_the_number_of_loader_workers_does_not_change_the_result(tmp_path, weights, reference):
+    folder = tmp_path / "workers"
+    data = overlay(folder, weights, [EVERY_STEP])
+    data["data"]["init_args"]["num_workers"] = 2
+    fit(folder, data)
+    assert_same(reference, adapters(next(folder.rglob("last.ckpt"))))
 
 
 @pytest.mark.slow

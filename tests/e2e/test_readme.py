@@ -46,9 +46,11 @@ def test_readme_is_short_with_contents_layout_and_no_placeholder():
 def test_layout_names_real_files():
     block = re.search(r"## Layout\s+```\n(.*?)```", README, re.S).group(1)
     package = ROOT / "genlora_pl"
-    for name in re.findall(r"\b([\w]+\.py|[\w]+/)", block):
+    for name in re.findall(r"(?:(?<=\s)|^)(\w+\.py|\w+/)(?=[\s,)]|$)", block, re.M):
         name = name.rstrip("/")
-        found = list(package.rglob(name)) + list(ROOT.glob(name)) + list((ROOT / "docker").glob(name))
+        found = [*package.rglob(name), *ROOT.glob(name)] + [
+            p for d in ("docker", "tests", "benchmarks") for p in (ROOT / d).glob(name)
+        ]
         assert found, name
     listed = set(re.findall(r"\b(\w+)\.py", block))
     modules = {p.stem for p in package.glob("*.py")}

@@ -127,3 +127,30 @@ def test_fashion_mnist_from_debian_idx_files():
 def test_fashion_mnist_missing_says_how_to_get_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
         FashionMNISTData(root=str(tmp_path))
+
+
+def test_augmentation_is_seeded_per_epoch_and_sample_and_leaves_the_global_rng_alone():
+    from genlora_pl.data import MNISTSubsetData
+
+    data = MNISTSubsetData(batch_size=8, image_size=32, max_train_samples=32, backbone="timm:vit_tiny_patch16_224")
+    data.setup()
+    train = data.splits["train"]
+    torch_state = torch.get_rng_state()
+    first, again, next_epoch = train[(0, 5)][0], train[(0, 5)][0], train[(1, 5)][0]
+    assert torch.equal(torch.get_rng_state(), torch_state)  # augmentation drew from its own RNG
+    assert torch.equal(first, again) and not torch.equal(first, next_epoch)
+
+
+def test_batches_do_not_depend_on_the_number_of_loader_workers():
+    from genlora_pl.data import MNISTSubsetData
+
+    def batches(workers: int) -> list[torch.Tensor]:
+        data = MNISTSubsetData(
+            batch_size=8, image_size=32, max_train_samples=32, num_workers=workers, backbone="timm:vit_tiny_patch16_224"
+        )
+        loader = data.train_dataloader()
+        loader.sampler.set_epoch(1)
+        return [images for images, _ in loader]
+
+    for a, b in zip(batches(0), batches(2), strict=True):
+        assert torch.equal(a, b)

@@ -1,0 +1,99 @@
+"""Parameter groups: the head at the optimizer's rate, adapters at their own, per-kind factors."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from helpers import small_trainer
+
+from genlora_pl.callbacks import GenLoRACallback
+from genlora_pl.injection import adapter_layers
+from genlora_pl.tasks import ClassificationModule
+
+VIT = {"img_size": 32, "patch_size": 8, "depth": 2}
+TARGETS = ["qkv", "fc1"]
+
+
+def module(**kw) -> ClassificationModule:
+    return ClassificationModule(
+        "timm:vit_tiny_patch16_224",
+        num_classes=5,
+        pretrained=False,
+        backbone_kwargs=VIT,
+        optimizer=lambda params: torch.optim.AdamW(params, lr=3e-3, weight_decay=0.01),
+        **kw,
+    )
+
+
+def optimizer_of(m: ClassificationModule, method: str = "genlora") -> torch.optim.Optimizer:
+    callback = GenLoRACallback(method=method, r=4, target_modules=TARGETS)
+    m.adapt_backbone("genlora", callback.inject)
+    m.configure_model()
+    return m.configure_optimizers()
+
+
+def test_head_keeps_the_optimizer_rate_and_adapters_get_theirs():
+    m = module(adapter_lr=2e-2, adapter_weight_decay=0.0, adapter_lr_multipliers={"latent": 0.1, "amp": 2.0})
+    groups = {g["name"]: g for g in optimizer_of(m).param_groups}
+    assert list(groups) == ["head", "adapter.amp", "adapter.center", "adapter.latent", "adapter.width"]
+    assert groups["head"]["lr"] == 3e-3 and groups["head"]["weight_decay"] == 0.01
+    assert groups["adapter.latent"]["lr"] == pytest.approx(2e-3) and groups["adapter.amp"]["lr"] == pytest.approx(4e-2)
+    assert groups["adapter.center"]["lr"] == 2e-2 and groups["adapter.width"]["weight_decay"] == 0.0
+    # every trained parameter is in exactly one group, and the head group is the head
+    grouped = [id(p) for g in groups.values() for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in m.parameters() if p.requires_grad)
+    assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in m.backbone.head.parameters()}
+    latents = {id(p) for layer in adapter_layers(m.backbone).values() for p in (layer.latent_A, layer.latent_B)}
+    assert {id(p) for p in groups["adapter.latent"]["params"]} == latents
+
+
+def test_without_adapter_settings_everything_trains_at_the_optimizer_rate():
+    groups = optimizer_of(module(), method="lora").param_groups
+    assert [g["name"] for g in groups] == ["head", "adapter.A", "adapter.B"]
+    assert {g["lr"] for g in groups} == {3e-3} and {g["weight_decay"] for g in groups} == {0.01}
+
+
+def test_bad_group_settings_say_what_is_valid():
+    with pytest.raises(ValueError, match=r"adapter_lr_multipliers names \['lora_B'\].*the kinds are \['amp', 'center'"):
+        optimizer_of(module(adapter_lr_multipliers={"lora_B": 2.0}))
+    with pytest.raises(ValueError, match="adapter_lr=-0.1 is not valid; give a positive number"):
+        module(adapter_lr=-0.1)
+    with pytest.raises(ValueError, match="adapter_lr_multipliers.latent=0 is not valid"):
+        module(adapter_lr_multipliers={"latent": 0})
+
+
+def test_each_group_is_logged_and_the_scheduler_scales_each(tmp_path):
+    from lightning.pytorch.callbacks import LearningRateMonitor
+    from lightning.pytorch.loggers import Logger
+
+    from genlora_pl.schedules import WarmupDecay
+
+    class Images(L.LightningDataModule):
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(torch.randn(16, 3, 32, 32, generator=g), torch.arange(16) % 5)
+            return torch.utils.data.DataLoader(data, batch_size=4)
+
+    class Recorder(Logger):
+        name, version = "rec", 0
+        rows: list = []
+
+        def log_metrics(self, metrics, step=None):
+            self.rows.append(metrics)
+
+        def log_hyperparams(self, *args, **kwargs):
+            pass
+
+    m = module(adapter_lr=2e-2, lr_scheduler=lambda opt: WarmupDecay(opt, warmup_fraction=0.5))
+    small_trainer(
+        tmp_path,
+        [GenLoRACallback(r=4, target_modules=TARGETS), LearningRateMonitor()],
+        logger=Recorder(),
+        max_steps=4,
+        log_every_n_steps=1,
+    ).fit(m, datamodule=Images())
+    logged = {k: v for row in Recorder.rows for k, v in row.items() if k.startswith("lr-")}
+    assert {"lr-AdamW/head", "lr-AdamW/adapter.latent", "lr-AdamW/adapter.amp"} <= set(logged)
+    first = next(row for row in Recorder.rows if "lr-AdamW/head" in row)
+    assert first["lr-AdamW/adapter.latent"] / first["lr-AdamW/head"] == pytest.approx(2e-2 / 3e-3)
