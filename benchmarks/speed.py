@@ -15,10 +15,15 @@ median over the timed rounds.
   of the steps between two logs at the callback's default interval;
 - peak memory of each train step: CUDA's peak allocation on a GPU; on the CPU the peak resident
   memory of a child process during three steps (sampled every millisecond), minus its resident
-  memory before the first step: activations, gradients and optimizer state, not the weights.
+  memory before the first step: activations, gradients and optimizer state, not the weights;
+- aten operations dispatched per training step (forward and backward, counted with a
+  ``TorchDispatchMode``), a device-independent count of the kernels a GPU would launch, and the
+  number of trainable tensors the optimizer holds, on a 12-block ViT with adapters on qkv, proj,
+  fc1 and fc2 (48 layers).
 
     python benchmarks/speed.py                          # CPU here: ViT-S/16 batch 8, MiniLM batch 32 x 128
     python benchmarks/speed.py --device cuda --vit-batch 64 --text-batch 128
+    python benchmarks/speed.py --ops-only                # just the op counts (seconds)
 """
 
 from __future__ import annotations
@@ -195,6 +200,60 @@ def memory_child(name: str, method: str, args: argparse.Namespace) -> None:
     print(json.dumps({"mb": peak[0] - before}))
 
 
+# ------------------------------------------------------------------------------------ op counts
+OPS_TARGETS = ["attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2"]
+
+
+def count_ops(model: nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor) -> int:
+    """aten operations dispatched by one forward and backward (the optimizer step excluded)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Counter(TorchDispatchMode):
+        ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Counter.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    nn.functional.cross_entropy(logits(model, inputs), labels).backward()  # warm-up: lazy state settles
+    model.zero_grad(set_to_none=True)
+    with Counter():
+        nn.functional.cross_entropy(logits(model, inputs), labels).backward()
+    return Counter.ops
+
+
+def op_counts(args: argparse.Namespace) -> list[str]:
+    from genlora_pl import GenLoRAConfig, LoRAConfig, inject_adapters
+
+    inputs, labels = batch("vit", 1, args.tokens, args.device)
+    rows = []
+    for method in ("frozen backbone, head trained", "LoRA", "GenLoRA", "PEFT LoRA"):
+        model = backbone("vit")
+        if method == "LoRA" or method == "GenLoRA":
+            cls = GenLoRAConfig if method == "GenLoRA" else LoRAConfig
+            inject_adapters(model, cls(r=args.rank, target_modules=OPS_TARGETS, modules_to_save=["head"]))
+        elif method == "PEFT LoRA":
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=args.rank, target_modules=OPS_TARGETS,
+                                                     modules_to_save=["head"]))  # fmt: skip
+        else:
+            model.requires_grad_(False)
+            model.head.requires_grad_(True)
+        model = model.to(args.device).train()
+        tensors = sum(1 for p in model.parameters() if p.requires_grad)
+        rows.append((method, count_ops(model, inputs, labels), tensors))
+    lora = dict((m, o) for m, o, _ in rows)["LoRA"]
+    lines = [
+        f"\n**aten ops per training step (forward + backward), ViT-S/16 (12 blocks), adapters on "
+        f"{', '.join(OPS_TARGETS)} (48 layers), rank {args.rank}, batch 1**\n",
+        "| method | ops per step | / our LoRA | trainable tensors |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {m} | {o:,} | {o / lora:.3f} | {t} |" for m, o, t in rows]
+    return lines
+
+
 # ------------------------------------------------------------------------------------ report
 def bench(name: str, args: argparse.Namespace) -> list[str]:
     from genlora_pl.callbacks import AdapterMonitor
@@ -262,12 +321,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--memory-child", nargs=2, metavar=("BACKBONE", "METHOD"), help=argparse.SUPPRESS)
+    parser.add_argument("--ops-only", action="store_true", help="only count the ops per step (no timing)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*args.memory_child, args)
         return
     print(f"torch {torch.__version__}; GenLoRA r={args.rank} g=2 (defaults), LoRA and PEFT LoRA r={args.rank}, alpha=r")
+    print("\n".join(op_counts(args)), flush=True)
+    if args.ops_only:
+        return
     for name in args.backbones:
         print("\n".join(bench(name, args)), flush=True)
 

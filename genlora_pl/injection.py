@@ -134,6 +134,8 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
         check_supported(name, module)  # all checked before any is wrapped: no half-injected model
     for name, module in new.items():
         _set_module(model, name, layer_cls(module, config, name))
+    if new:
+        layer_cls.attach(model, adapter_layers(model))
     setattr(model, CONFIG_ATTR, config)
     _set_trainable(model, config)
     return names
@@ -217,6 +219,8 @@ def unload(model: nn.Module) -> nn.Module:
 
 
 def _remove_adapters(model: nn.Module) -> nn.Module:
+    for cls in {type(layer) for layer in adapter_layers(model).values()}:
+        cls.detach(model)
     for name, layer in adapter_layers(model).items():
         _set_module(model, name, layer.base_layer)
     if hasattr(model, CONFIG_ATTR):

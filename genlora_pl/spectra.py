@@ -172,7 +172,7 @@ def parameter_report(model: nn.Module) -> ParameterReport:
             out_features=layer.out_features,
             in_features=layer.in_features,
             r=layer.r,
-            trainable=sum(p.numel() for p in layer.adapter_parameters().values()),
+            trainable=layer.num_trainable(),
             lora_equivalent=layer.r * (layer.out_features + layer.in_features),
         )
         for name, layer in adapter_layers(model).items()

@@ -38,13 +38,20 @@ FORMAT_VERSION = 1
 
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything an adapter run trained, by full module path: adapter parameters and buffers of
-    every adapted layer plus the parameters of ``modules_to_save``. Tensors are detached views."""
-    state: dict[str, torch.Tensor] = {}
-    for name, layer in adapter_layers(model).items():
-        for key, value in layer.state_dict(keep_vars=False).items():
-            if not key.startswith("base_layer."):
-                state[f"{name}.{key}"] = value
+    every adapted layer (under the layer's name, also where a method keeps them shared, as GenLoRA's
+    shape groups do) plus the parameters of ``modules_to_save``. Tensors are detached."""
+    prefixes = tuple(f"{name}." for name in adapter_layers(model))
+    state = {
+        key: value
+        for key, value in model.state_dict().items()
+        if key.startswith(prefixes) and ".base_layer." not in key[len(_owner(key, prefixes)) - 1 :]
+    }
     return {**state, **saved_modules_state(model)}
+
+
+def _owner(key: str, prefixes: tuple[str, ...]) -> str:
+    """The longest adapter-layer prefix of ``key``."""
+    return max((p for p in prefixes if key.startswith(p)), key=len)
 
 
 def saved_modules_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -82,9 +89,10 @@ def load_adapter_state_dict(model: nn.Module, state: dict[str, torch.Tensor], so
                 f"{source} does not fit this model's adapters: {key} has shape {tuple(state[key].shape)} "
                 f"there but {tuple(value.shape)} here; it was saved with another rank, group size or backbone."
             )
-    with torch.no_grad():
-        for key, value in own.items():
-            value.copy_(state[key].to(dtype=value.dtype, device=value.device))
+    # through load_state_dict, so tensors a method keeps shared (GenLoRA's groups) are filled too
+    result = model.load_state_dict({k: state[k] for k in own}, strict=False)
+    if result.unexpected_keys:  # pragma: no cover - the keys were checked above
+        raise ValueError(f"{source} does not fit this model's adapters: unexpected {result.unexpected_keys[:3]}.")
 
 
 def _describe(model: nn.Module) -> dict[str, Any]:

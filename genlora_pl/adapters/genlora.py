@@ -99,14 +99,184 @@ def generate(
     temperature: torch.Tensor | float,
     kernel: str,
 ) -> torch.Tensor:
-    """``(r, p)`` matrix whose row ``i`` is ``amps_i * k(eps_i ||points - c_i||)``, in fp32."""
+    """``(r, p)`` matrix whose row ``i`` is ``amps_i * k(eps_i ||points - c_i||)``, in fp32.
+
+    The reference generator of one matrix, in plain autograd ops: what :func:`generate_batched`
+    must equal (it is the seeded initialisation's too)."""
     eps2 = torch.exp(2.0 * log_widths.float()) / (temperature * temperature)  # (r,)
     t2 = eps2[:, None] * squared_distances(points.float(), centers.float())  # (r, p)
     return amps.float()[:, None] * rbf(t2, kernel)
 
 
+class _BatchedRBF(torch.autograd.Function):
+    """``L`` generated matrices at once: ``out[l, i, j] = amps[l, i] * k(eps2[l, i] * d2[l, i, j])``.
+
+    A hand-written backward: the forward saves the inputs, the squared distances and the kernel
+    values, and the backward forms the gradients of points, centres, log-widths and amplitudes in a
+    handful of batched ops, where autograd would record some 45 elementwise nodes per matrix.
+    """
+
+    @staticmethod
+    def forward(ctx, points, centers, log_widths, amps, temperature, kernel: str):  # type: ignore[override]
+        # points (L, p, g), centers (L, r, g), log_widths (L, r), amps (L, r), temperature (L,)
+        eps2 = torch.exp(2.0 * log_widths) / (temperature * temperature)[:, None]  # (L, r)
+        norms = (centers * centers).sum(-1)[:, :, None] + (points * points).sum(-1)[:, None, :]  # (L, r, p)
+        d2 = torch.baddbmm(norms, centers, points.transpose(1, 2), alpha=-2.0)  # may round below 0
+        k = rbf(eps2[:, :, None] * d2.clamp_min(0.0), kernel)  # (L, r, p)
+        ctx.save_for_backward(points, centers, amps, eps2, d2, k)
+        ctx.kernel = kernel
+        return amps[:, :, None] * k
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        points, centers, amps, eps2, d2, k = ctx.saved_tensors
+        grad_amps = (grad * k).sum(-1)  # (L, r)
+        dk = grad * amps[:, :, None]
+        if ctx.kernel == "gaussian":  # k = exp(-t2), zero past the cut-off (and so is its slope)
+            dt2 = -dk * k
+        elif ctx.kernel == "inverse_quadratic":  # k = 1 / (1 + t2)
+            dt2 = -dk * k * k
+        else:  # inverse_multiquadric: k = (1 + t2)^(-1/2)
+            dt2 = -0.5 * dk * k * k * k
+        d2c = d2.clamp_min(0.0)
+        grad_log_widths = 2.0 * eps2 * (dt2 * d2c).sum(-1)  # d eps2 / d log_w = 2 eps2
+        dd2 = dt2 * eps2[:, :, None] * (d2 >= 0)  # clamp_min lets the gradient through where d2 >= 0
+        # d2 = |c|^2 + |u|^2 - 2 c.u
+        grad_centers = 2.0 * (centers * dd2.sum(-1)[:, :, None] - torch.bmm(dd2, points))
+        grad_points = 2.0 * (points * dd2.sum(1)[:, :, None] - torch.bmm(dd2.transpose(1, 2), centers))
+        return grad_points, grad_centers, grad_log_widths, grad_amps, None, None
+
+
+def generate_batched(
+    points: torch.Tensor,
+    centers: torch.Tensor,
+    log_widths: torch.Tensor,
+    amps: torch.Tensor,
+    temperature: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    """:func:`generate` for ``L`` matrices at once, in fp32: ``(L, r, p)`` from ``points (L, p, g)``,
+    ``centers (L, r, g)``, ``log_widths`` and ``amps`` ``(L, r)`` and ``temperature (L,)``."""
+    return _BatchedRBF.apply(
+        points.float(), centers.float(), log_widths.float(), amps.float(), temperature.float(), kernel
+    )
+
+
+GENERATOR = ("latent_A", "latent_B", "centers_A", "centers_B", "log_widths_A", "log_widths_B", "amps_A", "amps_B")
+
+
+class GenLoRAGroup(nn.Module):
+    """The generator of every GenLoRA layer of one shape: ``L`` layers with the same ``(n, m)`` and
+    config keep their 8 generator tensors stacked here (``latent_A`` is ``(L, n, g)``, ...), and one
+    batched call per side makes all ``L`` factors ``A`` and ``B`` at once.
+
+    :meth:`refresh` runs once per forward of the model (a forward pre-hook on the root, outside any
+    activation-checkpointed block and after FSDP has gathered the root's parameters): it generates,
+    scales ``B`` by each layer's ``s * gate``, casts once to the compute dtype and keeps the per-layer
+    slices, which each :class:`GenLoRALayer` then reads. So the number of kernels the generator
+    launches per step grows with the number of shape groups (4 in a ViT), not of layers (48), and the
+    optimizer holds 8 tensors per group, not per layer.
+
+    In files (adapter folders, checkpoints) nothing changes: the state dict shows every layer's
+    tensors under the layer's own name (``blocks.0.attn.qkv.latent_A``), and loading such a state
+    dict fills the stacks (see :func:`group_layers`).
+    """
+
+    def __init__(self, layers: list[GenLoRALayer]) -> None:
+        super().__init__()
+        self.paths = [layer.path for layer in layers]
+        self.kernel = layers[0].config.kernel
+        self.scaling = layers[0].scaling
+        self.__dict__["layers"] = list(layers)  # not submodules: they live in the model's blocks
+        for name in GENERATOR:
+            stacked = torch.stack([layer._parameters[name].detach() for layer in layers])
+            self.register_parameter(
+                name, nn.Parameter(stacked, requires_grad=layers[0]._parameters[name].requires_grad)
+            )
+        self._cache: tuple | None = None
+
+    def generate(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``A (L, r, n)`` and ``B (L, m, r)`` in fp32, unscaled, autocast off."""
+        temperature = torch.stack([layer.temperature for layer in self.layers]).float()  # (L,)
+        with torch.autocast(self.latent_A.device.type, enabled=False):
+            a = generate_batched(
+                self.latent_A, self.centers_A, self.log_widths_A, self.amps_A, temperature, self.kernel
+            )
+            b = generate_batched(
+                self.latent_B, self.centers_B, self.log_widths_B, self.amps_B, temperature, self.kernel
+            )
+        return a, b.transpose(1, 2)
+
+    def refresh(self, dtype: torch.dtype | None = None) -> None:
+        """Generate every layer's factors for this forward: ``A`` and ``s * gate * B``, cast to
+        ``dtype`` (by default the autocast dtype, or the base weights' dtype)."""
+        if all(layer.merged for layer in self.layers):
+            self._cache = None
+            return
+        a, b = self.generate()
+        gate = torch.stack([layer.gate for layer in self.layers]).float()  # (L,)
+        b = b * (gate * self.scaling)[:, None, None]
+        device = a.device.type
+        if dtype is None:
+            dtype = (
+                torch.get_autocast_dtype(device)
+                if torch.is_autocast_enabled(device)
+                else self.layers[0].base_layer.weight.dtype
+            )
+        if a.dtype != dtype:
+            a, b = a.to(dtype), b.to(dtype)
+        self._cache = (a.unbind(0), b.unbind(0), self._versions(), torch.is_grad_enabled())
+
+    def _versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self.parameters()) + tuple(
+            t._version for layer in self.layers for t in (layer.gate, layer.temperature)
+        )
+
+    def for_forward(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer ``index``'s ``(A, s * gate * B)`` of this forward, ready for the activation's dtype.
+
+        Generated again when the cache is stale: a parameter or a gate changed since (the model was
+        called through a submodule, so the root's hook did not run) or it was made without autograd
+        and autograd is on now."""
+        cache = self._cache
+        if not torch.compiler.is_compiling() and (
+            cache is None or cache[2] != self._versions() or (torch.is_grad_enabled() and not cache[3])
+        ):
+            self.refresh()
+            cache = self._cache
+        return cache[0][index], cache[1][index]
+
+    def __getstate__(self) -> dict:
+        # the cache holds this forward's non-leaf tensors: never copied or pickled with the module
+        return {**super().__getstate__(), "_cache": None}
+
+    def slice_of(self, index: int) -> dict[str, torch.Tensor]:
+        """Layer ``index``'s generator tensors (views into the stacks)."""
+        return {name: self._parameters[name][index] for name in GENERATOR}
+
+
+def _generator_tensor(name: str) -> property:
+    """A layer's generator tensor: its own parameter, or its slice of the group's stack."""
+
+    def get(self: GenLoRALayer) -> torch.Tensor:
+        group = self.__dict__.get("_group")
+        if group is not None:
+            return group._parameters[name][self.__dict__["_index"]]
+        try:
+            return self._parameters[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    return property(get, doc=f"``{name}`` of this layer (a view into its group's stack once grouped).")
+
+
 class GenLoRALayer(AdapterLayer):
-    """GenLoRA adapter around one layer; parameters are named as in ``GENLORA.md``."""
+    """GenLoRA adapter around one layer; parameters are named as in ``GENLORA.md``.
+
+    Made on its own, a layer owns its 8 generator tensors. Injected into a model, the layers of one
+    shape are grouped (:class:`GenLoRAGroup`): the tensors move into the group's stacks and the layer
+    reads its slice, under the same names (``layer.latent_A`` is then a view).
+    """
 
     config: GenLoRAConfig
     param_kinds: ClassVar[dict[str, str]] = {
@@ -119,21 +289,46 @@ class GenLoRALayer(AdapterLayer):
         "amps_A": "amp",
         "amps_B": "amp",
     }
+    latent_A = _generator_tensor("latent_A")
+    latent_B = _generator_tensor("latent_B")
+    centers_A = _generator_tensor("centers_A")
+    centers_B = _generator_tensor("centers_B")
+    log_widths_A = _generator_tensor("log_widths_A")
+    log_widths_B = _generator_tensor("log_widths_B")
+    amps_A = _generator_tensor("amps_A")
+    amps_B = _generator_tensor("amps_B")
 
     def __init__(self, base_layer: nn.Module, config: GenLoRAConfig, path: str) -> None:
         super().__init__(base_layer, config, path)
         r, g, m, n = config.r, config.group_size, self.out_features, self.in_features
         device = base_layer.weight.device
-
-        def param(*shape: int) -> nn.Parameter:
-            return nn.Parameter(torch.empty(*shape, device=device, dtype=torch.float32))
-
-        self.latent_A, self.latent_B = param(n, g), param(m, g)
-        self.centers_A, self.centers_B = param(r, g), param(r, g)
-        self.log_widths_A, self.log_widths_B = param(r), param(r)
-        self.amps_A, self.amps_B = param(r), param(r)
+        shapes = {"latent_A": (n, g), "latent_B": (m, g), "centers_A": (r, g), "centers_B": (r, g)}
+        shapes |= {name: (r,) for name in ("log_widths_A", "log_widths_B", "amps_A", "amps_B")}
+        for name in GENERATOR:
+            self.register_parameter(name, nn.Parameter(torch.empty(*shapes[name], device=device, dtype=torch.float32)))
         if device.type != "meta":
             self.reset_parameters()
+
+    @property
+    def group(self) -> GenLoRAGroup | None:
+        return self.__dict__.get("_group")
+
+    def generator_tensors(self) -> dict[str, torch.Tensor]:
+        """The 8 generator tensors of this layer by name (views into the group's stacks once grouped)."""
+        return {name: getattr(self, name) for name in GENERATOR}
+
+    def adapter_parameters(self) -> dict[str, nn.Parameter]:
+        """Its own parameters, or, once grouped, its group's stacked ones (shared with the group's
+        other layers: deduplicate by identity when collecting them over layers)."""
+        group = self.group
+        return dict(group.named_parameters()) if group is not None else super().adapter_parameters()
+
+    def num_trainable(self) -> int:
+        group = self.group
+        if group is None:
+            return super().num_trainable()
+        # from the stacks' global shapes: under FSDP2 they are sharded DTensors
+        return sum(math.prod(group._parameters[name].shape[1:]) for name in GENERATOR)
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         """The seeded initial values (CPU, fp32); deterministic, so drift needs no stored copy.
@@ -175,38 +370,26 @@ class GenLoRALayer(AdapterLayer):
     @torch.no_grad()
     def reset_parameters(self) -> None:
         for name, value in self.initial_parameters().items():
-            getattr(self, name).copy_(value)
+            getattr(self, name).copy_(value)  # into the group's stack once grouped
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """``A`` and ``B``, generated in fp32 with autocast off.
+        """``A (r, n)`` and ``B (m, r)`` in fp32, unscaled: for merging, export and analysis (the
+        forward of a grouped layer reads its group's batched generation instead)."""
+        t = self.generator_tensors()
+        temperature = self.temperature.float().reshape(1)
+        with torch.autocast(self.base_layer.weight.device.type, enabled=False):
+            a = generate_batched(t["latent_A"][None], t["centers_A"][None], t["log_widths_A"][None],
+                                 t["amps_A"][None], temperature, self.config.kernel)[0]  # fmt: skip
+            b = generate_batched(t["latent_B"][None], t["centers_B"][None], t["log_widths_B"][None],
+                                 t["amps_B"][None], temperature, self.config.kernel)[0]  # fmt: skip
+        return a, b.T
 
-        On a GPU both come from one generator call: the A-side and B-side points and centres are
-        stacked, so one ``(2r, n + m)`` matrix holds ``A`` (top-left block) and ``B^T`` (bottom-right
-        block). Its off-diagonal blocks double the (tiny) arithmetic, but the number of kernel
-        launches halves, and at this size launches are the cost (ViT-B/16 bf16 on an H200: 112 ms
-        per step stacked, 172 ms not). On a CPU arithmetic is the cost, so each side is generated
-        on its own (MiniLM train step: about 4 % faster than stacked, see benchmarks/README.md).
-        """
-        return self.generate_factors(stacked=self.latent_A.device.type != "cpu")
-
-    def generate_factors(self, stacked: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(A, B)`` from one stacked generator call or from one call per side (same values)."""
-        r, n = self.r, self.in_features
-        temperature, kernel = self.temperature.float(), self.config.kernel
-        with torch.autocast(self.latent_A.device.type, enabled=False):
-            if not stacked:
-                a = generate(self.latent_A, self.centers_A, self.log_widths_A, self.amps_A, temperature, kernel)
-                b = generate(self.latent_B, self.centers_B, self.log_widths_B, self.amps_B, temperature, kernel)
-                return a, b.T
-            full = generate(
-                torch.cat([self.latent_A, self.latent_B]),  # (n + m, g)
-                torch.cat([self.centers_A, self.centers_B]),  # (2r, g)
-                torch.cat([self.log_widths_A, self.log_widths_B]),
-                torch.cat([self.amps_A, self.amps_B]),
-                temperature,
-                kernel,
-            )  # (2r, n + m)
-        return full[:r, :n], full[r:, n:].T
+    def forward_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        group = self.group
+        if group is None:
+            return super().forward_factors(dtype)
+        a, b = group.for_forward(self.__dict__["_index"])
+        return (a, b) if a.dtype == dtype or torch.is_autocast_enabled(a.device.type) else (a.to(dtype), b.to(dtype))
 
     # ----------------------------------------------------------------- diagnostics
     diagnostics_summary: ClassVar[dict[str, tuple[str, str]]] = {
@@ -235,9 +418,10 @@ class GenLoRALayer(AdapterLayer):
         return {side: self._side_diagnostics(init, side) for side in ("A", "B")}
 
     def _side_diagnostics(self, init: dict[str, torch.Tensor], side: str) -> dict[str, float]:
-        centers = getattr(self, f"centers_{side}").detach().float().cpu()
-        latent = getattr(self, f"latent_{side}").detach().float().cpu()
-        eps = torch.exp(getattr(self, f"log_widths_{side}").detach().float().cpu()) / float(self.temperature)
+        t = self.generator_tensors()
+        centers = t[f"centers_{side}"].detach().float().cpu()
+        latent = t[f"latent_{side}"].detach().float().cpu()
+        eps = torch.exp(t[f"log_widths_{side}"].detach().float().cpu()) / float(self.temperature)
         moved = (centers - init[f"centers_{side}"]).norm(dim=1)
         pairwise = torch.cdist(centers, centers)
         scaled = pairwise * (eps[:, None] + eps[None, :]) / 2
@@ -255,6 +439,100 @@ class GenLoRALayer(AdapterLayer):
             "width_max": float(eps.max()),
             "latent_drift": float((latent - u0).norm() / u0.norm()),
         }
+
+    # ----------------------------------------------------------------- groups
+    @classmethod
+    def attach(cls, model: nn.Module, layers: dict[str, AdapterLayer]) -> None:
+        """Group the layers by shape (see :class:`GenLoRAGroup`) under ``model.genlora_groups`` and
+        install the model's hooks: generation once per forward, per-layer names in state dicts."""
+        if hasattr(model, GROUPS):
+            raise ValueError(f"{type(model).__name__} already has GenLoRA groups; merge_and_unload() it first.")
+        by_shape: dict[tuple, list[GenLoRALayer]] = {}
+        for layer in layers.values():
+            weight = layer.base_layer.weight
+            by_shape.setdefault((layer.in_features, layer.out_features, weight.device, weight.dtype), []).append(layer)
+        groups = nn.ModuleDict()
+        for number, members in enumerate(by_shape.values()):
+            group = GenLoRAGroup(members)
+            for index, layer in enumerate(members):
+                for name in GENERATOR:
+                    del layer._parameters[name]
+                layer.__dict__["_group"], layer.__dict__["_index"] = group, index
+            group.register_state_dict_post_hook(_per_layer_state)
+            groups[f"g{number}"] = group
+        model.add_module(GROUPS, groups)  # last child: loaded after the blocks, saved after them too
+        model.__dict__[HANDLES] = [
+            model.register_forward_pre_hook(_refresh_groups),
+            model.register_load_state_dict_pre_hook(_stack_per_layer_state),
+        ]
+
+    @classmethod
+    def detach(cls, model: nn.Module) -> None:
+        """Give every layer its own tensors back (current values) and remove the groups and hooks."""
+        groups = getattr(model, GROUPS, None)
+        if groups is None:
+            return
+        for handle in model.__dict__.pop(HANDLES, []):
+            handle.remove()
+        for group in groups.values():
+            for index, layer in enumerate(group.layers):
+                layer.__dict__.pop("_group"), layer.__dict__.pop("_index")
+                for name in GENERATOR:
+                    source = group._parameters[name]
+                    value = source.full_tensor() if hasattr(source, "full_tensor") else source
+                    layer.register_parameter(name, nn.Parameter(value[index].detach().clone(), source.requires_grad))
+        delattr(model, GROUPS)
+
+
+GROUPS = "genlora_groups"  # the model attribute holding the shape groups
+HANDLES = "_genlora_group_hooks"
+
+
+def _refresh_groups(model: nn.Module, args: object) -> None:
+    """Forward pre-hook of the model: every group generates its layers' factors for this forward."""
+    for group in getattr(model, GROUPS).values():
+        group.refresh()
+
+
+def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: object) -> None:
+    """State-dict post-hook of a group: its stacks leave, each layer's slice appears under the layer's
+    own name, as if the layer still owned it (files keep their format)."""
+    # prefix is "<root>genlora_groups.<key>.": the layers' names hang off "<root>"
+    root = prefix[: prefix.rstrip(".").rfind(f"{GROUPS}.")]
+    for name in GENERATOR:
+        value = state.pop(prefix + name)
+        if hasattr(value, "full_tensor"):  # FSDP2 shards the stacks with the root: gather them (collective)
+            value = value.full_tensor()
+        for index, path in enumerate(group.paths):
+            item = value[index]
+            state[f"{root}{path}.{name}"] = item if item.requires_grad else item.clone()
+
+
+def _stack_per_layer_state(model: nn.Module, state: dict, prefix: str, *args: object) -> None:
+    """Load-state-dict pre-hook of the model: per-layer tensors in ``state`` are put into the
+    stacks they belong to (a layer missing from ``state`` keeps its current values)."""
+    for key, group in getattr(model, GROUPS).items():
+        for name in GENERATOR:
+            keys = [f"{prefix}{path}.{name}" for path in group.paths]
+            if not any(k in state for k in keys):
+                continue
+            current = group._parameters[name]
+            full = current.full_tensor() if hasattr(current, "full_tensor") else current
+            stacked = full.detach().clone()
+            for index, k in enumerate(keys):
+                if k in state:
+                    value = state.pop(k)
+                    if tuple(value.shape) != tuple(stacked.shape[1:]):
+                        raise ValueError(
+                            f"{k} has shape {tuple(value.shape)} there but {tuple(stacked.shape[1:])} here; "
+                            "it was saved with another rank, group size or backbone."
+                        )
+                    stacked[index] = value.to(stacked.dtype)
+            if hasattr(current, "device_mesh"):
+                from torch.distributed.tensor import distribute_tensor
+
+                stacked = distribute_tensor(stacked, current.device_mesh, current.placements)
+            state[f"{prefix}{GROUPS}.{key}.{name}"] = stacked
 
 
 register(GenLoRAConfig, GenLoRALayer)

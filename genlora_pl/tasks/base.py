@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from genlora_pl.adapters import config_differences
+from genlora_pl.adapters import AdapterLayer, config_differences
 from genlora_pl.checkpoints import adapter_config_of
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 from genlora_pl.errors import first_line
@@ -52,10 +52,12 @@ def _number(value: Any) -> bool:
 
 
 def trained_state_keys(module: nn.Module) -> set[str]:
-    """State-dict keys of what training changes: parameters that require grad, the buffers of the
-    modules that own them (adapter ``gate``/``temperature``), and normalisation running statistics
-    (a frozen BatchNorm in train mode still updates them)."""
+    """State-dict keys of what training changes: parameters that require grad, everything an adapter
+    layer contributes besides its base layer (its tensors, also where a method keeps them shared,
+    and its ``gate``/``temperature``), the buffers of modules that own trainable parameters, and
+    normalisation running statistics (a frozen BatchNorm in train mode still updates them)."""
     keys = set()
+    adapters = []
     for prefix, sub in module.named_modules():
         dot = f"{prefix}." if prefix else ""
         owns_trainable = any(p.requires_grad for p in sub.parameters(recurse=False))
@@ -63,7 +65,16 @@ def trained_state_keys(module: nn.Module) -> set[str]:
         keys |= {dot + n for n, p in sub.named_parameters(recurse=False) if p.requires_grad}
         if owns_trainable or is_norm:
             keys |= {dot + n for n, b in sub.named_buffers(recurse=False) if b is not None}
-    return {_clean(k) for k in keys}
+        if isinstance(sub, AdapterLayer):
+            adapters.append(_clean(dot))
+    keys = {_clean(k) for k in keys}
+    state = module.state_dict(keep_vars=True)
+    if adapters:
+        starts = tuple(adapters)
+        keys |= {
+            k for k in state if k.startswith(starts) and not any(k.startswith(a + "base_layer.") for a in adapters)
+        }
+    return keys & set(state)  # shared tensors (GenLoRA groups) appear in the state dict under their layers
 
 
 class AdapterTask(L.LightningModule):
@@ -90,6 +101,9 @@ class AdapterTask(L.LightningModule):
         adapter_weight_decay: weight decay of the adapter parameters; ``null``: the optimizer's.
         adapter_lr_multipliers: per kind of adapter parameter, a factor on ``adapter_lr``:
             GenLoRA's ``latent``, ``center``, ``width``, ``amp``; LoRA's ``A``, ``B`` (LoRA+ style).
+        freeze_batchnorm: keep every BatchNorm layer in eval mode while training, so it normalises
+            with its pretrained running statistics instead of re-estimating them from each small
+            batch of the new domain (measured on EfficientNet-Lite0, see benchmarks/README.md).
     """
 
     #: Name under which checkpoints record the task, so ``export`` rebuilds the right module.
@@ -112,6 +126,7 @@ class AdapterTask(L.LightningModule):
         adapter_lr: float | None = None,
         adapter_weight_decay: float | None = None,
         adapter_lr_multipliers: dict[str, float] | None = None,
+        freeze_batchnorm: bool = False,
     ) -> None:
         if adapter_lr is not None and not (_number(adapter_lr) and adapter_lr > 0):
             raise ValueError(
@@ -152,8 +167,8 @@ class AdapterTask(L.LightningModule):
             backbone.requires_grad_(False)
             for name in heads:
                 backbone.get_submodule(name).requires_grad_(True)
-        backbone.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
         self.backbone = backbone
+        self.train()  # from_pretrained returns eval mode; Lightning switches modes per loop from here
         for fn in self._backbone_hooks.values():
             fn(backbone)
         if hp.activation_checkpointing:
@@ -164,6 +179,15 @@ class AdapterTask(L.LightningModule):
         # Kept out of nn.Module registration: a second name for the backbone would duplicate every
         # key of the state dict.
         self.__dict__["_compiled"] = torch.compile(backbone) if hp.compile else None
+
+    def train(self, mode: bool = True) -> AdapterTask:
+        """Lightning switches modes around every loop; with ``freeze_batchnorm`` BatchNorm stays in eval."""
+        super().train(mode)
+        if mode and self.hparams.get("freeze_batchnorm") and self.backbone is not None:
+            for module in self.backbone.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
 
     @property
     def model(self) -> nn.Module:
@@ -177,11 +201,12 @@ class AdapterTask(L.LightningModule):
         adapter: the head, ``modules_to_save``; all of the model in a full fine-tune) and one
         ``adapter.<kind>`` group per kind of adapter parameter (GenLoRA: latent, center, width, amp)."""
         kinds: dict[str, list[nn.Parameter]] = {}
+        taken: set[int] = set()
         for layer in adapter_layers(self.backbone).values():
             for name, param in layer.adapter_parameters().items():
-                if param.requires_grad:
+                if param.requires_grad and id(param) not in taken:  # shared tensors (GenLoRA groups) once
                     kinds.setdefault(layer.parameter_kind(name), []).append(param)
-        taken = {id(p) for params in kinds.values() for p in params}
+                    taken.add(id(param))
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
         groups = [{"name": "head", "params": rest}] if rest else []
         groups += [{"name": f"adapter.{kind}", "params": params} for kind, params in sorted(kinds.items())]

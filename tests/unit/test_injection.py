@@ -6,6 +6,7 @@ from torch import nn
 
 from conftest import MODELS, make_bert, make_cnn, make_gpt2, make_vit
 from genlora_pl import GenLoRAConfig, LoRAConfig, inject_adapters
+from genlora_pl.adapters.genlora import GENERATOR
 from genlora_pl.injection import adapter_layers, head_names, matches, merge_and_unload
 
 
@@ -43,10 +44,16 @@ def test_all_linear_on_vit_takes_qkv_proj_and_mlp():
 
 def test_injection_freezes_all_but_adapters_and_saved_modules():
     model = make_vit()
-    inject_adapters(model, GenLoRAConfig(r=4, target_modules=["qkv"], modules_to_save=["head"]))
+    inject_adapters(model, LoRAConfig(r=4, target_modules=["qkv"], modules_to_save=["head"]))
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable == {n for n in trainable if ".qkv." in n and "base_layer" not in n} | {"head.weight", "head.bias"}
-    assert any("latent_A" in n for n in trainable)
+    assert any("lora_A" in n for n in trainable)
+    # GenLoRA keeps the generator tensors of same-shaped layers stacked in one group
+    model = make_vit()
+    inject_adapters(model, GenLoRAConfig(r=4, target_modules=["qkv"], modules_to_save=["head"]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"genlora_groups.g0.{t}" for t in GENERATOR} | {"head.weight", "head.bias"}
+    assert model.genlora_groups.g0.paths == ["blocks.0.attn.qkv", "blocks.1.attn.qkv"]
 
 
 def test_injection_is_idempotent():

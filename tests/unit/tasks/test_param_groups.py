@@ -44,8 +44,9 @@ def test_head_keeps_the_optimizer_rate_and_adapters_get_theirs():
     grouped = [id(p) for g in groups.values() for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in m.parameters() if p.requires_grad)
     assert {id(p) for p in groups["head"]["params"]} == {id(p) for p in m.backbone.head.parameters()}
-    latents = {id(p) for layer in adapter_layers(m.backbone).values() for p in (layer.latent_A, layer.latent_B)}
+    latents = {id(p) for g in m.backbone.genlora_groups.values() for p in (g.latent_A, g.latent_B)}
     assert {id(p) for p in groups["adapter.latent"]["params"]} == latents
+    assert len(adapter_layers(m.backbone)) == 4 and len(latents) == 2 * 2  # 4 layers, 2 shape groups
 
 
 def test_without_adapter_settings_everything_trains_at_the_optimizer_rate():
@@ -97,3 +98,31 @@ def test_each_group_is_logged_and_the_scheduler_scales_each(tmp_path):
     assert {"lr-AdamW/head", "lr-AdamW/adapter.latent", "lr-AdamW/adapter.amp"} <= set(logged)
     first = next(row for row in Recorder.rows if "lr-AdamW/head" in row)
     assert first["lr-AdamW/adapter.latent"] / first["lr-AdamW/head"] == pytest.approx(2e-2 / 3e-3)
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_freeze_batchnorm_keeps_the_pretrained_statistics(tmp_path, freeze):
+    class Images(L.LightningDataModule):
+        def train_dataloader(self):
+            g = torch.Generator().manual_seed(0)
+            data = torch.utils.data.TensorDataset(3 + torch.randn(16, 3, 32, 32, generator=g), torch.arange(16) % 5)
+            return torch.utils.data.DataLoader(data, batch_size=8)
+
+    class Watch(L.Callback):
+        modes: list = []
+
+        def on_train_batch_start(self, trainer, pl_module, *args):
+            bn = [m for m in pl_module.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+            Watch.modes.append({m.training for m in bn})
+
+    m = ClassificationModule("timm:resnet10t", num_classes=5, pretrained=False, freeze_batchnorm=freeze)
+    m.configure_model()
+    before = {n: b.clone() for n, b in m.backbone.named_buffers() if n.endswith("running_mean")}
+    Watch.modes = []
+    small_trainer(tmp_path, [GenLoRACallback(r=2, target_modules="all-linear"), Watch()], max_steps=2).fit(
+        m, datamodule=Images()
+    )
+    after = {n: b for n, b in m.backbone.named_buffers() if n.endswith("running_mean")}
+    unchanged = all(torch.equal(before[n], after[n]) for n in before)
+    assert unchanged == freeze
+    assert Watch.modes == [{not freeze}] * 2
