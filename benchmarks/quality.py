@@ -65,21 +65,6 @@ def update_ranks(backbone: Any, before: dict[str, Any]) -> list[float]:
     return ranks
 
 
-def frozen_norm_stats() -> Any:
-    """A callback that keeps every BatchNorm in eval mode while training (running statistics frozen
-    at their pretrained values): the BatchNorm variant of the vision investigation."""
-    import lightning as L
-    from torch import nn
-
-    class FrozenNormStats(L.Callback):
-        def on_train_epoch_start(self, trainer: Any, pl_module: Any) -> None:
-            for module in pl_module.modules():
-                if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                    module.eval()
-
-    return FrozenNormStats()
-
-
 def run_one(
     task: dict[str, Any], method: dict[str, Any], seed: int, cfg: dict[str, Any], stage: str, results: Path
 ) -> dict[str, Any]:
@@ -108,6 +93,9 @@ def run_one(
         head_only=kind == "head",
         adapter_lr=lr if adapted else None,
         adapter_lr_multipliers=method.get("multipliers"),
+        # BatchNorm statistics frozen at their pretrained values (norm_stats: frozen, per method in the
+        # tuning record, or freeze_batchnorm for a whole task)
+        freeze_batchnorm=method.get("norm_stats") == "frozen" or bool(task.get("freeze_batchnorm")),
     )
     callbacks: list[Any] = []
     if adapted:
@@ -117,8 +105,7 @@ def run_one(
         callbacks.append(
             GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules)
         )
-    if method.get("norm_stats") == "frozen":
-        callbacks.append(frozen_norm_stats())
+
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -210,11 +197,16 @@ def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str
                     yield tune["task"], {**tune["base"], **variant, "name": name.strip()}, seed
         return
     for key in tasks:
-        overrides = cfg["tasks"][key].get("lr", {})  # per-task learning rates by method name
+        task = cfg["tasks"][key]
+        overrides = task.get("lr", {})  # per-task learning rates by method name
+        settings = task.get("settings", {})  # per-task settings by method name (head_lr, ...)
         for seed in seeds:  # seeds outermost: a partial sweep already covers every method once
             for method in cfg["methods"]:
+                if task.get("methods") and method["name"] not in task["methods"]:
+                    continue  # a task may run a subset of the methods (the long schedules do)
                 if methods is None or method["name"] in methods:
-                    yield key, {**method, "lr": overrides.get(method["name"], method["lr"])}, seed
+                    lr = overrides.get(method["name"], method["lr"])
+                    yield key, {**method, **settings.get(method["name"], {}), "lr": lr}, seed
 
 
 def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) -> str:
@@ -340,6 +332,9 @@ def main() -> None:
     if not args.summarize:
         import torch
 
+        from genlora_pl.console import quiet
+
+        quiet()
         if args.threads:
             torch.set_num_threads(args.threads)
         done = {run_key(r) for r in read_runs(args.results / RUNS)}

@@ -30,6 +30,7 @@ from genlora_pl.checkpoints import adapter_config_of
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 from genlora_pl.errors import first_line
 from genlora_pl.injection import CONFIG_ATTR, adapter_layers, head_names
+from genlora_pl.tasks.migration import FORMAT_VERSION, migrate_optimizer_state
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -247,6 +248,7 @@ class AdapterTask(L.LightningModule):
         The frozen weights come back from the pretrained source when it is loaded; a randomly
         initialised backbone (``pretrained=False``) has no such source and is saved whole."""
         checkpoint["task"] = self.task
+        checkpoint["format_version"] = FORMAT_VERSION
         state = checkpoint["state_dict"]
         # A distributed checkpoint (FSDP2 DCP folder, FSDP1 sharded) holds DTensor / ShardedTensor
         # shards that its loader restores key by key, all keys required: it stays whole, spread over
@@ -304,3 +306,5 @@ class AdapterTask(L.LightningModule):
                 "adapter or target set."
             )
         self.strict_loading = not checkpoint.get("trained_only", False)
+        if checkpoint.get("format_version", 1) < FORMAT_VERSION:
+            migrate_optimizer_state(checkpoint, self)

@@ -69,3 +69,25 @@ def test_legacy_checkpoint_restores_exports_and_evaluates(legacy, method, capsys
     assert main(["fit", *args, "--ckpt_path", f"fit_{method}.ckpt", "--trainer.max_steps", "5"]) == 0
     resumed = read_checkpoint(next(legacy.rglob("last.ckpt")))
     assert resumed["global_step"] == 5
+
+
+@pytest.mark.parametrize("method", ["genlora", "lora"])
+def test_legacy_optimizer_moments_land_on_the_same_parameters(legacy, method):
+    import copy
+
+    from genlora_pl.tasks.migration import legacy_parameter_order, migrate_optimizer_state
+
+    checkpoint = read_checkpoint(f"fit_{method}.ckpt")
+    old = copy.deepcopy(checkpoint["optimizer_states"][0])
+    module = restore_module(checkpoint)
+    migrate_optimizer_state(checkpoint, module)
+    new = checkpoint["optimizer_states"][0]
+    assert [g["name"] for g in new["param_groups"]] == [g["name"] for g in module.parameter_groups()]
+    position = {id(p): k for k, p in enumerate(p for g in module.parameter_groups() for p in g["params"])}
+    order = legacy_parameter_order(module)
+    assert len(order) == len(old["param_groups"][0]["params"]) >= 10  # 4 layers x (8 or 2) + the head
+    for legacy_position, (param, index) in zip(old["param_groups"][0]["params"], order, strict=True):
+        moved = new["state"][position[id(param)]]
+        for key in ("exp_avg", "exp_avg_sq"):
+            value = moved[key] if index is None else moved[key][index]
+            assert torch.equal(value, old["state"][legacy_position][key])
