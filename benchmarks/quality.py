@@ -102,9 +102,7 @@ def run_one(
         options = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
         schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
         scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
-        callbacks.append(
-            GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules)
-        )
+        callbacks.append(GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))
 
     trainer = L.Trainer(
         accelerator="cpu",
