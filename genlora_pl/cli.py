@@ -1,10 +1,13 @@
-"""``python -m genlora_pl {fit,validate,test,predict}``: LightningCLI over the task module, the data
+"""``python -m genlora_pl {fit,validate,test,predict}``: LightningCLI over the task modules, the data
 modules and four callback sections: ``adapter`` (:class:`GenLoRACallback`), ``monitor``
 (:class:`AdapterMonitor`), ``faults`` (:class:`FaultTolerance`) and ``predictions``
 (:class:`PredictionWriter`).
 
-The data module decides ``num_classes`` and the class names (linked into the model) and receives
-the model's ``backbone`` name (linked into the data) to pick transforms or the tokenizer.
+The task is chosen like the data: ``model.class_path`` names it (``genlora_pl.tasks.CausalLMModule``),
+and a ``model`` section without one is a classifier (``ClassificationModule``), as configs have always
+been. A classification data module decides ``num_classes`` and the class names (linked into the model);
+every data module receives the model's ``backbone`` name (linked into the data) to pick transforms or
+the tokenizer.
 
 Run folders: ``fit`` writes logs, checkpoints, plots and ``results.json`` into a new version folder of
 its loggers; ``fit --ckpt_path <run>/checkpoints/last.ckpt`` continues in that same folder (keeping
@@ -17,6 +20,7 @@ the checkpoint's run, or nothing.
 from __future__ import annotations
 
 import csv
+import inspect
 import json
 import shutil
 import sys
@@ -32,10 +36,10 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from genlora_pl.callbacks import AdapterMonitor, FaultTolerance, GenLoRACallback, PredictionWriter
 from genlora_pl.checkpoints import read_checkpoint, run_folder
 from genlora_pl.console import ProgressBar, quiet
-from genlora_pl.data import ClassificationData  # imports every data module: short class paths resolve
+from genlora_pl.data import DataModule  # imports every data module: short class paths resolve
 from genlora_pl.errors import one_line
 from genlora_pl.files import atomic_write_text
-from genlora_pl.tasks import ClassificationModule
+from genlora_pl.tasks import AdapterTask, ClassificationModule, task_class
 
 PROG = "python -m genlora_pl"
 SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
@@ -129,6 +133,13 @@ class SaveConfigOnFit(SaveConfigCallback):
             super().setup(trainer, pl_module, stage)
 
 
+def _attribute(name: str) -> Any:
+    def read(data: Any) -> Any:
+        return getattr(data, name, None)
+
+    return read
+
+
 def _loggers(config: Any) -> list[Any]:
     logger = config.get("logger")
     entries = logger if isinstance(logger, list) else [logger]
@@ -158,13 +169,27 @@ class GenLoRACLI(LightningCLI):
     resume_step: int | None = None
 
     def _parse_ckpt_path(self) -> None:
-        # LightningCLI reads the checkpoint's hyper-parameters before anything else, with torch's
-        # own errors; read it through ours first so that a damaged or hostile file is one sentence.
+        """A checkpoint's hyper-parameters become the model settings of this run (LightningCLI's
+        behaviour), read once, through our safe reader (a damaged or hostile file is one sentence),
+        and only those the checkpoint's task takes: a link such as a classifier's ``num_classes`` is
+        recorded for every task, and a causal LM would refuse it."""
         subcommand = self.config.get("subcommand")
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
-        if path and Path(path).is_file():
-            self.resume_step = int(read_checkpoint(path).get("global_step", 0))
-        super()._parse_ckpt_path()
+        if not (path and Path(path).is_file()):
+            return
+        checkpoint = read_checkpoint(path)
+        self.resume_step = int(checkpoint.get("global_step", 0))
+        hparams = dict(checkpoint.get("hyper_parameters", {}))
+        hparams.pop("_instantiator", None)
+        if not hparams:
+            return
+        cls = task_class(checkpoint.get("task")) if "_class_path" in hparams else ClassificationModule
+        accepted = set(inspect.signature(cls.__init__).parameters) | set(
+            inspect.signature(AdapterTask.__init__).parameters
+        )
+        settings = {k: v for k, v in hparams.items() if k in accepted}
+        model = {"class_path": hparams["_class_path"], "init_args": settings} if "_class_path" in hparams else settings
+        self.config = self.parser.parse_object({subcommand: {"model": model}}, self.config)
 
     def _run_subcommand(self, subcommand: str) -> None:
         """Runs the subcommand; a fit that fails before its first optimizer step takes the run
@@ -196,9 +221,11 @@ class GenLoRACLI(LightningCLI):
         parser.add_lightning_class_args(AdapterMonitor, "monitor")
         parser.add_lightning_class_args(FaultTolerance, "faults")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
-        parser.link_arguments("model.backbone", "data.init_args.backbone")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
-        parser.link_arguments("data.classes", "model.class_names", apply_on="instantiate")
+        parser.set_defaults({"model": {"class_path": "genlora_pl.tasks.ClassificationModule"}})
+        parser.link_arguments("model.init_args.backbone", "data.init_args.backbone")
+        # links into model settings only the task has (a classifier's num_classes, class_names)
+        parser.link_arguments("data", "model.init_args.num_classes", _attribute("num_classes"), apply_on="instantiate")
+        parser.link_arguments("data", "model.init_args.class_names", _attribute("classes"), apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -280,8 +307,9 @@ def run(args: list[str] | None = None) -> GenLoRACLI:
     check_config_files(sys.argv[1:] if args is None else args)
     try:
         return GenLoRACLI(
-            ClassificationModule,
-            ClassificationData,
+            AdapterTask,
+            DataModule,
+            subclass_mode_model=True,
             subclass_mode_data=True,
             save_config_callback=SaveConfigOnFit,
             save_config_kwargs={"overwrite": True},

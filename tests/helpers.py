@@ -188,3 +188,45 @@ def wait_for(predicate, timeout: float, what: str) -> None:
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+LM_WORDS = ["add", "sub", "what", "is", "the", "sum", "of", "and", "answer", "please", "user", "assistant", ":"]
+
+
+def write_tiny_llama(folder: Path, chat_template: bool = True) -> Path:
+    """A 2-layer Llama with a word-level tokenizer (digits and a few words), saved with
+    save_pretrained: an offline ``hf:`` causal LM. The tokenizer has no pad token on purpose (many
+    causal LMs do not), and a chat template when asked."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {w: i for i, w in enumerate(["<unk>", "<bos>", "<eos>", *LM_WORDS, *[str(d) for d in range(20)]])}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    if chat_template:
+        tokenizer.chat_template = (
+            "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% if m['role'] == 'assistant' %}"
+            "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+        )
+    tokenizer.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=128, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    return folder
+
+
+def write_sums(path: Path, n: int = 64, seed: int = 0) -> Path:
+    """JSONL instructions: ``what is the sum of a and b`` -> ``a+b`` (numbers below 20)."""
+    import json
+
+    rng = np.random.default_rng(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            a, b = (int(v) for v in rng.integers(0, 10, size=2))
+            f.write(json.dumps({"prompt": f"what is the sum of {a} and {b}", "response": str(a + b)}) + "\n")
+    return path

@@ -41,8 +41,8 @@ class GenLoRACallback(L.Callback):
         rslora: scale ``alpha / sqrt(r)``.
         target_modules: layers to adapt (PEFT matching, or ``all-linear``).
         exclude_modules: layers never adapted.
-        modules_to_save: modules trained in full; ``head`` means the backbone's classifier head
-            (found from timm's ``pretrained_cfg`` or the transformers model).
+        modules_to_save: modules trained in full; ``head`` means the task's new head (a classifier's
+            head, found from timm's ``pretrained_cfg`` or the transformers model; a causal LM has none).
         seed: seed of the adapter initialisation.
         options: the method's own settings, e.g. GenLoRA's ``{group_size: 2, kernel: gaussian,
             width0: 0.35}`` (``--adapter.options.group_size 4`` on the command line).
@@ -123,6 +123,7 @@ class GenLoRACallback(L.Callback):
                 "temperature divides every RBF width, so both must be positive."
             )
         self.step = 0
+        self._new_head = head_names  # the task's, once setup has seen it (a causal LM trains no head)
         self.total_steps: float | None = None
         self._applied: tuple[float, float] | None = None
         self.adapted: list[str] = []
@@ -131,7 +132,7 @@ class GenLoRACallback(L.Callback):
     def _resolve(self, backbone: nn.Module) -> AdapterConfig:
         saved = self._modules_to_save
         if saved == "head":
-            saved = head_names(backbone) or None
+            saved = self._new_head(backbone) or None
         return type(self.config)(**{**asdict(self.config), "modules_to_save": saved})
 
     def inject(self, backbone: nn.Module) -> None:
@@ -150,6 +151,7 @@ class GenLoRACallback(L.Callback):
                 f"GenLoRACallback needs a module with adapt_backbone() (like ClassificationModule), "
                 f"not {type(pl_module).__name__}."
             )
+        self._new_head = getattr(pl_module, "new_head", head_names)
         pl_module.adapt_backbone("genlora", self.inject)
 
     # ----------------------------------------------------------------- annealing

@@ -1,7 +1,8 @@
 """``PredictionWriter``: ``predict`` writes what it predicted to a JSONL file, one row per example.
 
-Each row holds the example's index in the prediction split, what the data module can say about the
-input (the text, or the image path), the predicted label name and the probability of every class.
+For a classifier each row holds the example's index in the prediction split, what the data module can
+say about the input (the text, or the image path), the predicted label name and the probability of
+every class; for a causal LM the prompt, the generation and the reference answer.
 The file goes beside the checkpoint's run (``<run>/predictions.jsonl``, for ``--ckpt_path
 <run>/checkpoints/best.ckpt``), else into ``trainer.default_root_dir``; ``path`` overrides both.
 Written whole when the epoch ends (a temporary file renamed into place); under several processes each
@@ -53,8 +54,11 @@ class PredictionWriter(BasePredictionWriter):
             batch_indices = batch_indices[0]  # one dataloader: Lightning nests its batches' indices once more
         rows, position = [], 0
         for batch_no, batch in enumerate(predictions):
+            if isinstance(batch, dict) and "rows" in batch:  # a task that returns its rows (causal LM)
+                rows += batch["rows"]
+                continue
             if not isinstance(batch, dict) or "probabilities" not in batch:
-                return  # a module whose predictions are not class probabilities: nothing of ours to write
+                return  # a module whose predictions are neither: nothing of ours to write
             probs = batch["probabilities"].float().cpu()
             indices = batch_indices[batch_no] if batch_indices and batch_indices[batch_no] else None
             for i, row in enumerate(probs.tolist()):

@@ -1,7 +1,8 @@
-"""Data modules. Each is a ``LightningDataModule`` with a global ``batch_size`` and a ``num_classes``
-that the CLI passes on to the model."""
+"""Data modules. Each is a ``LightningDataModule`` with a global ``batch_size``; a classification one
+has a ``num_classes`` and class names that the CLI passes on to the model, an instruction one scores
+generated answers."""
 
-from genlora_pl.data.base import ClassificationData
+from genlora_pl.data.base import ClassificationData, DataModule
 from genlora_pl.data.images import (
     CIFAR10Data,
     CIFAR100Data,
@@ -11,6 +12,7 @@ from genlora_pl.data.images import (
     ImageFolderData,
     MNISTSubsetData,
 )
+from genlora_pl.data.instructions import InstructionData, ReasoningGymData
 from genlora_pl.data.text import BBCNewsData, TextClassificationData, TextData, TweetSentimentData
 
 __all__ = [
@@ -18,11 +20,14 @@ __all__ = [
     "CIFAR10Data",
     "CIFAR100Data",
     "ClassificationData",
+    "DataModule",
     "DigitsData",
     "FashionMNISTData",
     "ImageData",
     "ImageFolderData",
+    "InstructionData",
     "MNISTSubsetData",
+    "ReasoningGymData",
     "TextClassificationData",
     "TextData",
     "TweetSentimentData",

@@ -1,4 +1,4 @@
-"""The shared shape of every data module: classification with train / val / test splits.
+"""The shared shape of every data module: train / val / test splits, subsets, resumable loaders.
 
 ``batch_size`` is the *global* batch size: each of the ``world_size`` processes loads
 ``batch_size // world_size`` examples, so changing the number of GPUs or nodes does not change the
@@ -63,6 +63,15 @@ class ResumableSampler(DistributedSampler):
         self.yielded = 0
         self._resume_at: int | None = None
 
+    def global_order(self) -> list[int]:
+        """Every index of this epoch, before each process takes its share: a seeded permutation
+        (``DistributedSampler``'s, padded by repetition to a multiple of the processes)."""
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        padding = self.total_size - len(order)
+        return order + (order * (padding // len(order) + 1))[:padding] if padding > 0 else order[: self.total_size]
+
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         """Indices, or ``(epoch, index)`` keys with ``keyed``: a :class:`TransformedDataset` with a
         seed draws each sample's augmentation from them, in whichever worker loads it."""
@@ -70,9 +79,33 @@ class ResumableSampler(DistributedSampler):
         start, self._resume_at = self._resume_at or 0, None
         self.yielded = start
         epoch = self.epoch
-        for index in itertools.islice(super().__iter__(), start, None):
+        mine = self.global_order()[self.rank : self.total_size : self.num_replicas]
+        for index in itertools.islice(mine, start, None):
             self.yielded += 1
             yield (epoch, index) if self.keyed else index
+
+
+class BucketedSampler(ResumableSampler):
+    """:class:`ResumableSampler` whose batches hold examples of similar length, so little of a
+    batch is padding: the seeded permutation is cut into chunks of ``50`` global batches, each chunk
+    sorted by length and cut into global batches, and the batches shuffled (seeded). Each process's
+    share of a global batch is then of similar lengths too, and the order is still a pure function
+    of ``(seed, epoch)``, so resuming mid-epoch works as for the plain sampler."""
+
+    def __init__(self, *args: Any, lengths: Sequence[int], global_batch: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths, self.global_batch = list(lengths), global_batch
+
+    def global_order(self) -> list[int]:
+        order = super().global_order()
+        chunk = self.global_batch * 50
+        batches = []
+        for start in range(0, len(order), chunk):
+            part = sorted(order[start : start + chunk], key=lambda i: -self.lengths[i])
+            batches += [part[i : i + self.global_batch] for i in range(0, len(part), self.global_batch)]
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch + 1_000_003)
+        return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "yielded": self.yielded}
@@ -126,7 +159,7 @@ class TransformedDataset(Dataset):
                 np.random.set_state(numpy_state)
 
 
-class ClassificationData(L.LightningDataModule):
+class DataModule(L.LightningDataModule):
     """Base of the data modules: splits, subsampling, global batch size, loaders.
 
     Args:
@@ -168,26 +201,21 @@ class ClassificationData(L.LightningDataModule):
         self.splits: dict[str, Dataset] = {}
 
     # ------------------------------------------------------------- for subclasses
-    CLASSES: ClassVar[tuple[str, ...]] = ()  # fixed label names; data-dependent modules override classes
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.CLASSES)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
     def load_splits(self) -> dict[str, Dataset]:
-        """``{"train", "val", "test"}`` datasets of ``(input, label)`` before transforms."""
+        """``{"train", "val", "test"}`` datasets (of ``(input, label)`` pairs for classification)."""
         raise NotImplementedError
 
     def wrap(self, split: str, dataset: Dataset) -> Dataset:
         """Attach the split's transform; image modules override it."""
         return dataset
 
-    def collate(self, batch: list[tuple[Any, int]]) -> Any:
+    def collate(self, batch: list[Any]) -> Any:
         return torch.utils.data.default_collate(batch)
+
+    def make_sampler(self, dataset: Dataset, parts: dict[str, int]) -> ResumableSampler:
+        """The training sampler (a subclass may bucket by length); resumable in either case."""
+        keyed = isinstance(dataset, TransformedDataset) and dataset.seed is not None
+        return ResumableSampler(dataset, shuffle=True, seed=self.seed, keyed=keyed, **parts)
 
     # ------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -237,8 +265,7 @@ class ClassificationData(L.LightningDataModule):
             # handed): the order depends only on (seed, epoch), and its position is resumable.
             parts = getattr(self.trainer.strategy, "distributed_sampler_kwargs", None) if self.trainer else None
             parts = parts or {"num_replicas": 1, "rank": 0}
-            keyed = isinstance(dataset, TransformedDataset) and dataset.seed is not None
-            sampler = ResumableSampler(dataset, shuffle=True, seed=self.seed, keyed=keyed, **parts)
+            sampler = self.make_sampler(dataset, parts)
         return StatefulDataLoader(
             dataset,
             batch_size=self.per_device_batch_size(),
@@ -262,3 +289,18 @@ class ClassificationData(L.LightningDataModule):
 
     def predict_dataloader(self) -> StatefulDataLoader:
         return self._loader("test", shuffle=False)
+
+
+class ClassificationData(DataModule):
+    """Base of the classification data modules: a data module with label names, whose count the
+    CLI passes to the model as ``num_classes``."""
+
+    CLASSES: ClassVar[tuple[str, ...]] = ()  # fixed label names; data-dependent modules override classes
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.CLASSES)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)

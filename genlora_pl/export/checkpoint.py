@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from genlora_pl.adapters import config_from_dict
-from genlora_pl.backbones import BackboneSpec, hf_path
+from genlora_pl.backbones import PACKAGED_HF_MODELS, BackboneSpec, hf_path
 from genlora_pl.checkpoints import adapter_config_of, read_checkpoint
 from genlora_pl.export.peft import export_peft
 from genlora_pl.files import recover_folder, write_folder
@@ -52,8 +52,17 @@ def restore_module(checkpoint: dict[str, Any]) -> AdapterTask:
 
 
 def portable_name(backbone_name: str) -> str:
-    """What ``base_model_name_or_path`` should say: the hub id or the name the config used."""
-    return BackboneSpec.parse(backbone_name).name
+    """What ``base_model_name_or_path`` should say: the hub id (also of a model read from a packaged
+    copy), else the plain local folder the weights come from: a ``save_pretrained`` folder as the
+    config named it, or the cached folder a GGUF file was converted into."""
+    spec = BackboneSpec.parse(backbone_name)
+    if spec.library == "timm":
+        return spec.name
+    resolved = hf_path(spec.name)
+    local = Path(spec.name).expanduser()
+    if local.is_dir() and (local / "config.json").is_file():
+        return spec.name
+    return resolved if Path(resolved).is_dir() and spec.name not in PACKAGED_HF_MODELS else spec.name
 
 
 def _save_merged(backbone: torch.nn.Module, backbone_name: str, folder: Path) -> None:

@@ -70,15 +70,15 @@ def peft_config(model: nn.Module, base_model_name: str | None = None) -> dict[st
     ranks = {name: layer.r for name, layer in layers.items()}
     r = max(set(ranks.values()), key=list(ranks.values()).count)
     rank_pattern = {n: k for n, k in ranks.items() if k != r}
+    patterns = {"rank_pattern": rank_pattern, "alpha_pattern": dict(rank_pattern)} if rank_pattern else {}
     return {
         "peft_type": "LORA",
-        "task_type": None,
+        "task_type": "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None,
         "base_model_name_or_path": base_model_name or _base_model_name(model),
         "r": r,
         "lora_alpha": r,
-        "rank_pattern": rank_pattern,
-        "alpha_pattern": dict(rank_pattern),  # alpha == r per layer keeps PEFT's scale at 1
-        "target_modules": list(layers),
+        **patterns,  # alpha == r per layer keeps PEFT's scale at 1
+        "target_modules": target_names(model, list(layers)),
         "modules_to_save": list(modules_to_save(model, config)) or None,
         "lora_dropout": config.dropout,
         "use_rslora": False,
@@ -87,6 +87,14 @@ def peft_config(model: nn.Module, base_model_name: str | None = None) -> dict[st
         "init_lora_weights": True,
         "inference_mode": True,
     }
+
+
+def target_names(model: nn.Module, adapted: list[str]) -> list[str]:
+    """The adapted modules as PEFT (and vLLM) list them: short names (``q_proj``, ``v_proj``) when
+    those select exactly the adapted modules, else the full names."""
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in adapted})
+    chosen = {n for n, _ in model.named_modules() if n and n.rsplit(".", 1)[-1] in suffixes}
+    return suffixes if chosen == set(adapted) else adapted
 
 
 def export_peft(model: nn.Module, directory: str | os.PathLike, base_model_name: str | None = None) -> Path:

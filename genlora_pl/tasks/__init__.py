@@ -4,11 +4,12 @@ checkpoints (:class:`AdapterTask`) and differ in loss, metrics and data."""
 from __future__ import annotations
 
 from genlora_pl.tasks.base import AdapterTask, trained_state_keys
+from genlora_pl.tasks.causal_lm import CausalLMModule
 from genlora_pl.tasks.classification import ClassificationModule
 
 #: The tasks by the name their checkpoints record (``checkpoint["task"]``); checkpoints written
 #: before the name was recorded are classification ones.
-TASKS: dict[str, type[AdapterTask]] = {ClassificationModule.task: ClassificationModule}
+TASKS: dict[str, type[AdapterTask]] = {cls.task: cls for cls in (ClassificationModule, CausalLMModule)}
 
 
 def task_class(name: str | None) -> type[AdapterTask]:
@@ -19,4 +20,4 @@ def task_class(name: str | None) -> type[AdapterTask]:
         raise ValueError(f"task={name!r} is unknown; the known tasks are {', '.join(sorted(TASKS))}.") from None
 
 
-__all__ = ["TASKS", "AdapterTask", "ClassificationModule", "task_class", "trained_state_keys"]
+__all__ = ["TASKS", "AdapterTask", "CausalLMModule", "ClassificationModule", "task_class", "trained_state_keys"]

@@ -152,6 +152,11 @@ class AdapterTask(L.LightningModule):
         """The task's backbone, built from the hyper-parameters (the frozen weights included)."""
         raise NotImplementedError
 
+    def new_head(self, backbone: nn.Module) -> list[str]:
+        """The modules the task adds to the pretrained model and must train in full (what the
+        adapter callback's ``modules_to_save: head`` means): a classifier's head."""
+        return head_names(backbone)
+
     def adapt_backbone(self, name: str, fn: Callable[[nn.Module], None]) -> None:
         """Run ``fn(backbone)`` once the backbone exists (now, if it already does)."""
         self._backbone_hooks[name] = fn

@@ -37,7 +37,7 @@ class ClassificationModule(AdapterTask):
     def __init__(
         self,
         backbone: str,
-        num_classes: int = 2,
+        num_classes: int | None = 2,
         class_names: list[str] | None = None,
         label_smoothing: float = 0.0,
         **kwargs: Any,
@@ -45,6 +45,11 @@ class ClassificationModule(AdapterTask):
         spec = BackboneSpec.parse(backbone)  # a bad name fails now, not after the data is loaded
         if spec.library == "hf":
             check_hf_source(spec.name)
+        if num_classes is None:  # what the CLI links from a data module without classes
+            raise ValueError(
+                "the data module has no classes, so a classifier cannot be built; instruction data goes with "
+                "model.class_path: genlora_pl.tasks.CausalLMModule."
+            )
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
             raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
         if class_names is not None and len(class_names) != num_classes:

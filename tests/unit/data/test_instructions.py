@@ -1,0 +1,142 @@
+"""Instruction data: what the loss sees, how long examples are cut, batches by length, scoring."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import write_sums, write_tiny_llama
+
+from genlora_pl.data import InstructionData
+from genlora_pl.data.base import BucketedSampler
+from genlora_pl.data.instructions import PLAIN_TEMPLATE, last_number
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("llama")))
+
+
+@pytest.fixture(scope="module")
+def plain_llama(tmp_path_factory):
+    return str(write_tiny_llama(tmp_path_factory.mktemp("plain"), chat_template=False))
+
+
+def data(path, backbone, **kw) -> InstructionData:
+    return InstructionData(train_file=str(path), batch_size=4, backbone=f"hf:{backbone}", **kw)
+
+
+def test_only_response_tokens_count_and_the_chat_template_frames_them(tmp_path, llama):
+    d = data(write_sums(tmp_path / "s.jsonl", n=20), llama, max_length=32)
+    d.setup()
+    record = d.splits["train"].records[0]
+    tok = d.tokenizer
+    assert record["prompt"].startswith("user : what is the sum of") and record["prompt"].endswith("assistant : ")
+    labelled = [t for t in record["labels"] if t != -100]
+    assert tok.decode(labelled) == f"{record['answer']} <eos>"  # the answer and its end, nothing else
+    assert record["labels"][: len(record["prompt_ids"])] == [-100] * len(record["prompt_ids"])
+    assert record["input_ids"] == record["prompt_ids"] + labelled
+    assert tok.pad_token == "<eos>"  # a tokenizer without a pad token pads with its end token
+
+
+def test_without_a_chat_template_the_plain_template_is_used(tmp_path, plain_llama):
+    d = data(write_sums(tmp_path / "s.jsonl", n=20), plain_llama, max_length=64)
+    d.setup()
+    record = d.splits["train"].records[0]
+    assert record["prompt"] == PLAIN_TEMPLATE.format(prompt=record["prompt"].split("\n")[1])
+
+
+def test_long_examples_lose_prompt_first_and_are_counted(tmp_path, llama, capsys):
+    rows = [{"prompt": " ".join(["what"] * 30), "response": "7"}, {"prompt": "add 1", "response": " ".join(["9"] * 40)}]
+    rows += [{"prompt": "add 2 3", "response": "5"}] * 10
+    path = tmp_path / "long.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = InstructionData(train_file=str(path), batch_size=2, max_length=16, backbone=f"hf:{llama}", val_fraction=0.1)
+    examples = d.tokenize("train", d.read(str(path)))
+    assert all(len(r["input_ids"]) <= 16 for r in examples.records)
+    long_prompt, long_answer = examples.records[0], examples.records[1]
+    assert [t for t in long_prompt["labels"] if t != -100] == d.tokenizer("7")["input_ids"] + [2]  # answer whole
+    assert sum(t != -100 for t in long_answer["labels"]) == 16 - len(long_answer["prompt_ids"]) > 0  # cut, not dropped
+    # the long prompt is cut; the long answer keeps its short prompt whole and loses its end
+    assert d.report["train"] == {"examples": 12, "prompts cut": 1, "responses cut": 1}
+    assert "1 of 12 prompts cut from the left and 1 responses cut at the end" in capsys.readouterr().out
+
+
+def test_bad_rows_name_file_line_and_fields(tmp_path, llama):
+    cases = {
+        "fields.jsonl": ('{"question": "x", "answer": "1"}\n', "line 1 has no 'prompt' and 'response'"),
+        "empty.jsonl": ('{"prompt": "x", "response": "  "}\n', "line 1 has an empty 'response'"),
+        "broken.jsonl": ('{"prompt": "x", "response": "1"}\n{"prompt": \n', "line 2 is not valid JSON"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=message):
+            data(tmp_path / name, llama)
+    (tmp_path / "latin.jsonl").write_bytes('{"prompt": "caf\xe9", "response": "1"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match="latin.jsonl is not UTF-8 text"):
+        data(tmp_path / "latin.jsonl", llama)
+    (tmp_path / "short.jsonl").write_text('{"prompt": "what is the sum of 1 and 2", "response": "3"}\n' * 12)
+    with pytest.raises(ValueError, match="max_length=4 is shorter than every prompt"):
+        data(tmp_path / "short.jsonl", llama, max_length=4).setup()
+
+
+def test_csv_and_chat_messages_are_read(tmp_path, llama):
+    (tmp_path / "d.csv").write_text("question,answer\nadd 1 2,3\nadd 2 2,4\n")
+    d = data(tmp_path / "d.csv", llama, prompt_field="question", response_field="answer")
+    assert d.read(str(tmp_path / "d.csv")) == [("add 1 2", "3"), ("add 2 2", "4")]
+    chat = {"messages": [{"role": "user", "content": "add 1 2"}, {"role": "assistant", "content": "3"}]}
+    (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n")
+    prompt, response = data(tmp_path / "chat.jsonl", llama).read(str(tmp_path / "chat.jsonl"))[0]
+    assert prompt == [{"role": "user", "content": "add 1 2"}] and response == "3"
+
+
+def test_training_batches_group_similar_lengths_and_resume(tmp_path):
+    lengths = [5, 50, 6, 48, 7, 52, 4, 49] * 8
+    sampler = BucketedSampler(list(range(64)), num_replicas=1, rank=0, shuffle=True, seed=1, lengths=lengths,
+                              global_batch=4)  # fmt: skip
+    order = list(sampler)
+    assert sorted(order) == list(range(64))
+    batches = [order[i : i + 4] for i in range(0, 64, 4)]
+    assert all(max(lengths[i] for i in b) - min(lengths[i] for i in b) <= 4 for b in batches)  # short with short
+    sampler.set_epoch(1)
+    sampler.load_state_dict({"epoch": 1, "yielded": 8})
+    again = BucketedSampler(list(range(64)), num_replicas=1, rank=0, shuffle=True, seed=1, lengths=lengths,
+                            global_batch=4)  # fmt: skip
+    again.set_epoch(1)
+    assert list(sampler) == list(again)[8:]  # a resumed epoch continues where it stopped
+
+
+def test_scoring_with_answer_extractors(tmp_path, llama):
+    assert last_number("so the answer is 1,234.") == "1234" and last_number("no digits") == "no digits"
+    d = data(write_sums(tmp_path / "s.jsonl", n=20), llama, answer_extractor="last_number")
+    d.setup()
+    records = d.splits["val"].records
+    generations = [f"the sum is {r['answer']}" for r in records]
+    assert d.score("val", list(range(len(records))), generations) == [1.0] * len(records)
+    assert d.score("val", [0], ["nothing"]) == [0.0]
+
+
+def test_reasoning_gym_tasks_are_generated_offline_and_scored_by_their_checker(llama):
+    from genlora_pl.data import ReasoningGymData
+
+    d = ReasoningGymData(task="chain_sum", train_size=20, val_size=5, test_size=5, batch_size=4, backbone=f"hf:{llama}")
+    d.setup()
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 20, "val": 5, "test": 5}
+    held_out = [r["prompt"] for split in ("val", "test") for r in d.splits[split].records]
+    assert len(set(held_out)) == 10  # no repeats among the held-out problems ...
+    assert not set(held_out) & {r["prompt"] for r in d.splits["train"].records}  # ... nor of training ones
+    right = [r["answer"] for r in d.splits["test"].records]
+    assert d.score("test", list(range(5)), right) == [1.0] * 5
+    assert d.score("test", [0], ["not a number"]) == [0.0]
+    with pytest.raises(ValueError, match="task='no_such_task'"):
+        ReasoningGymData(task="no_such_task", backbone=f"hf:{llama}")
+
+
+def test_collate_pads_right_for_the_loss_and_left_for_generation(tmp_path, llama):
+    d = data(write_sums(tmp_path / "s.jsonl", n=20), llama)
+    d.setup()
+    batch = d.collate([d.splits["train"][0], d.splits["train"][1]])
+    assert batch["attention_mask"][:, 0].all() and batch["prompt_mask"][:, -1].all()
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    assert torch.equal(batch["index"], torch.tensor([0, 1]))
