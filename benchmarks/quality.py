@@ -75,19 +75,22 @@ def run_one(
     from genlora_pl.callbacks import GenLoRACallback
     from genlora_pl.schedules import Schedule, WarmupDecay
     from genlora_pl.spectra import adapter_spectra, parameter_report
-    from genlora_pl.tasks import ClassificationModule
+    from genlora_pl.tasks import CausalLMModule, ClassificationModule
 
     L.seed_everything(seed, verbose=False)
     data = make_data(task["data"], task["backbone"])
     kind = method["kind"]
     adapted = kind in ("lora", "genlora")
+    causal = task.get("task") == "causal_lm"
+    metric = "exact_match" if causal else "acc"
     # lr: the adapters' rate (adapter_lr) for adapter methods, the only rate otherwise; head_lr: the
     # optimizer's own rate, which trains the head (by default the same as lr, as before parameter groups)
-    lr, wd = float(method["lr"]), float(cfg["optimizer"].get("weight_decay", 0.0))
+    lr, wd = float(method.get("lr") or 0.0), float(cfg["optimizer"].get("weight_decay", 0.0))
     head_lr = float(method.get("head_lr", lr))
-    module = ClassificationModule(
+    specific = {"max_new_tokens": task.get("max_new_tokens", 16)} if causal else {"num_classes": data.num_classes}
+    module = (CausalLMModule if causal else ClassificationModule)(
         task["backbone"],
-        num_classes=data.num_classes,
+        **specific,
         optimizer=lambda params: torch.optim.AdamW(params, lr=head_lr, weight_decay=wd),
         lr_scheduler=lambda opt: WarmupDecay(opt, **cfg["scheduler"]),
         head_only=kind == "head",
@@ -104,16 +107,19 @@ def run_one(
         scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
         callbacks.append(GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))
 
+    epochs = task.get("max_epochs", 1)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
-        max_epochs=task["max_epochs"],
+        max_epochs=epochs,
+        max_steps=task.get("max_steps", -1),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        check_val_every_n_epoch=task["max_epochs"] + 1,  # no validation inside fit: validate() below
+        check_val_every_n_epoch=epochs + 1,  # no validation inside fit: validate() below
+        limit_val_batches=0 if causal else None,
         callbacks=callbacks,
         default_root_dir=str(results / "lightning"),
     )
@@ -122,10 +128,13 @@ def run_one(
         module.configure_model()
         before = linear_weights(module.backbone)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=data)
+    if kind != "untuned":  # the untuned model: evaluated as it comes
+        trainer.fit(module, datamodule=data)
     fit_seconds = time.perf_counter() - start
-    val = trainer.validate(module, datamodule=data, verbose=False)[0]["val/acc"]
-    test = None if stage == "tune" else trainer.test(module, datamodule=data, verbose=False)[0]["test/acc"]
+    evaluate = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=str(results / "lightning"))  # fmt: skip
+    val = evaluate.validate(module, datamodule=data, verbose=False)[0][f"val/{metric}"]
+    test = None if stage == "tune" else evaluate.test(module, datamodule=data, verbose=False)[0][f"test/{metric}"]
     backbone = module.backbone
     if kind in ("lora", "genlora"):
         ranks = [s.effective_rank for s in adapter_spectra(backbone).values()]
@@ -134,7 +143,7 @@ def run_one(
     else:
         ranks = []
     adapter_params = parameter_report(backbone).adapter_params if kind in ("lora", "genlora") else 0
-    trainable = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    trainable = 0 if kind == "untuned" else sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     return {
         "stage": stage,
         "task": task["key"],
@@ -153,6 +162,14 @@ def run_one(
         "test_samples": len(data.splits["test"]),
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def score_name(task: dict[str, Any]) -> str:
+    return "exact match" if task.get("task") == "causal_lm" else "acc"
+
+
+def schedule(task: dict[str, Any]) -> str:
+    return f"{task['max_steps']} steps" if task.get("max_steps") else f"{task['max_epochs']} epochs"
 
 
 def run_key(row: dict[str, Any]) -> str:
@@ -203,7 +220,7 @@ def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str
                 if task.get("methods") and method["name"] not in task["methods"]:
                     continue  # a task may run a subset of the methods (the long schedules do)
                 if methods is None or method["name"] in methods:
-                    lr = overrides.get(method["name"], method["lr"])
+                    lr = overrides.get(method["name"], method.get("lr"))
                     yield key, {**method, **settings.get(method["name"], {}), "lr": lr}, seed
 
 
@@ -255,8 +272,9 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
         summary[key] = {"title": task["title"], "samples": sizes, "methods": table}
         out += [
             f"\n**{task['title']}**: {sizes['train']:,} training, {sizes['val']:,} validation and {sizes['test']:,} "
-            f"test examples, {task['max_epochs']} epochs; test accuracy: mean ± standard deviation over seeds.\n",
-            "| method | trainable params | test acc (%) | val acc (%) | effective rank of update | fit s | seeds |",
+            f"test examples, {schedule(task)}; test {score_name(task)}: mean ± standard deviation over seeds.\n",
+            f"| method | trainable params | test {score_name(task)} (%) | val {score_name(task)} (%) | "
+            "effective rank of update | fit s | seeds |",
             "|---|---|---|---|---|---|---|",
         ]
         for t in table:

@@ -322,17 +322,45 @@ def main() -> None:
     parser.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     parser.add_argument("--memory-child", nargs=2, metavar=("BACKBONE", "METHOD"), help=argparse.SUPPRESS)
     parser.add_argument("--ops-only", action="store_true", help="only count the ops per step (no timing)")
+    parser.add_argument(
+        "--write", action="store_true", help="also put the tables into benchmarks/README.md (between its speed markers)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.memory_child:
         memory_child(*args.memory_child, args)
         return
-    print(f"torch {torch.__version__}; GenLoRA r={args.rank} g=2 (defaults), LoRA and PEFT LoRA r={args.rank}, alpha=r")
-    print("\n".join(op_counts(args)), flush=True)
-    if args.ops_only:
-        return
-    for name in args.backbones:
-        print("\n".join(bench(name, args)), flush=True)
+    lines = [
+        f"torch {torch.__version__}; GenLoRA r={args.rank} g=2 (defaults), LoRA and PEFT LoRA r={args.rank}, alpha=r"
+    ]
+    lines += op_counts(args)
+    print("\n".join(lines), flush=True)
+    if not args.ops_only:
+        for name in args.backbones:
+            table = bench(name, args)
+            print("\n".join(table), flush=True)
+            lines += table
+    if args.write:
+        write_readme(lines, args.device)
+
+
+def write_readme(lines: list[str], device: str) -> None:
+    """Replace the block between ``<!-- speed:<device> -->`` and ``<!-- /speed:<device> -->`` in
+    benchmarks/README.md with these tables (the block is added at the end when missing)."""
+    from pathlib import Path
+
+    from genlora_pl.files import atomic_write_text
+
+    readme = Path(__file__).resolve().parent / "README.md"
+    text = readme.read_text()
+    start, end = f"<!-- speed:{device} -->", f"<!-- /speed:{device} -->"
+    block = f"{start}\n" + "\n".join(lines).strip() + f"\n{end}"
+    if start in text and end in text:
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    atomic_write_text(readme, text)
+    print(f"written into {readme}")
 
 
 if __name__ == "__main__":

@@ -92,6 +92,8 @@ class AdapterTask(L.LightningModule):
         head_only: train the classifier head alone (linear probe). Without an adapter callback and
             without this flag every parameter is trained (full fine-tuning).
         compile: ``torch.compile`` the backbone after adapters are in.
+        compile_mode: ``torch.compile``'s mode: ``null`` (default), ``reduce-overhead`` (CUDA graphs:
+            a whole training step replayed as one graph on a GPU), ``max-autotune``, ...
         activation_checkpointing: recompute each block's activations in the backward pass
             (non-reentrant, so adapters inside frozen blocks still get gradients).
         fsdp_blocks: class names of the blocks FSDP2 shards one by one (``ModelParallelStrategy``);
@@ -122,6 +124,7 @@ class AdapterTask(L.LightningModule):
         lr_scheduler: LRSchedulerCallable | None = None,
         head_only: bool = False,
         compile: bool = False,
+        compile_mode: str | None = None,
         activation_checkpointing: bool = False,
         fsdp_blocks: list[str] | None = None,
         adapter_lr: float | None = None,
@@ -184,7 +187,7 @@ class AdapterTask(L.LightningModule):
             shard_fsdp2(backbone, mesh["data_parallel"], hp.fsdp_blocks)
         # Kept out of nn.Module registration: a second name for the backbone would duplicate every
         # key of the state dict.
-        self.__dict__["_compiled"] = torch.compile(backbone) if hp.compile else None
+        self.__dict__["_compiled"] = torch.compile(backbone, mode=hp.get("compile_mode")) if hp.compile else None
 
     def train(self, mode: bool = True) -> AdapterTask:
         """Lightning switches modes around every loop; with ``freeze_batchnorm`` BatchNorm stays in eval."""

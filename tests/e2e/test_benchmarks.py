@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import ROOT, write_text_csv, write_tiny_bert
+from helpers import ROOT, write_sums, write_text_csv, write_tiny_bert, write_tiny_llama
 
 pytestmark = pytest.mark.slow
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.slow
 def quality_config(tmp_path: Path) -> Path:
     bert = write_tiny_bert(tmp_path / "bert")
     data = write_text_csv(tmp_path / "topics.csv", n=120)
+    llama, sums = write_tiny_llama(tmp_path / "llama"), write_sums(tmp_path / "sums.jsonl", n=80)
     config = {
         "seeds": [0],
         "optimizer": {"weight_decay": 0.0},
@@ -31,13 +32,27 @@ def quality_config(tmp_path: Path) -> Path:
                     "init_args": {"train_file": str(data), "batch_size": 16, "max_length": 16},
                 },
                 "max_epochs": 2,
-            }
+                "methods": ["head only", "LoRA r=2", "GenLoRA r=8 g=2", "full fine-tuning"],
+            },
+            "sums": {
+                "title": "tiny Llama, sums",
+                "task": "causal_lm",
+                "backbone": f"hf:{llama}",
+                "max_new_tokens": 3,
+                "data": {
+                    "class_path": "genlora_pl.data.InstructionData",
+                    "init_args": {"train_file": str(sums), "batch_size": 8, "max_length": 32, "eval_batch_size": 16},
+                },
+                "max_steps": 6,
+                "methods": ["untuned", "LoRA r=2", "GenLoRA r=8 g=2"],
+            },
         },
         "methods": [
             {"name": "head only", "kind": "head", "lr": 3e-3},
             {"name": "LoRA r=2", "kind": "lora", "r": 2, "lr": 3e-3},
             {"name": "GenLoRA r=8 g=2", "kind": "genlora", "r": 8, "group_size": 2, "lr": 1e-2},
             {"name": "full fine-tuning", "kind": "full", "lr": 1e-3},
+            {"name": "untuned", "kind": "untuned"},
         ],
         "tuning": [
             {
@@ -64,7 +79,12 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     run(script, "--config", str(config), "--results", str(results), "--stage", "tune")
     stdout = run(script, "--config", str(config), "--results", str(results))
     rows = [json.loads(line) for line in (results / "quality_runs.jsonl").read_text().splitlines()]
+    lm = {r["method"]: r for r in rows if r["task"] == "sums"}
+    rows = [r for r in rows if r["task"] == "topics"]
     assert [r["stage"] for r in rows] == ["tune"] + ["final"] * 4
+    assert set(lm) == {"untuned", "LoRA r=2", "GenLoRA r=8 g=2"} and lm["untuned"]["trainable_params"] == 0
+    assert all(0 <= r["test_acc"] <= 1 for r in lm.values())  # exact match of greedy answers
+    assert lm["GenLoRA r=8 g=2"]["trainable_params"] > 0 and "exact match" in stdout
     tune, final = rows[0], {r["method"]: r for r in rows[1:]}
     assert tune["test_acc"] is None and tune["settings"]["width0"] == 0.7  # the test split is never read
     assert final["head only"]["mean_effective_rank"] is None
@@ -78,9 +98,9 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
 
     # A second call finds every run done and only writes the summary again.
     run(script, "--config", str(config), "--results", str(results))
-    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 5
+    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 8
     with open(results / "quality.csv") as f:
-        assert len(list(csv.DictReader(f))) == 5
+        assert len(list(csv.DictReader(f))) == 8
     summary = json.loads((results / "quality_summary.json").read_text())
     assert [m["method"] for m in summary["topics"]["methods"]] == list(final)
     assert summary["topics"]["samples"]["train"] == final["LoRA r=2"]["train_samples"]
@@ -95,5 +115,8 @@ def test_speed_prints_every_figure_for_minilm():
     )  # fmt: skip
     for row in ("| lower bound |", "| GenLoRA |", "| LoRA |", "| PEFT LoRA |", "| GenLoRA merged |", "Spectra"):
         assert row in stdout, row
-    memory = [line.split("|")[5].strip() for line in stdout.splitlines() if line.startswith("| GenLoRA | ")]
-    assert float(memory[0]) >= 0
+    timed = [line.split("|") for line in stdout.splitlines() if line.startswith("| GenLoRA | ")]
+    ops, step = timed[0], timed[1]  # the op-count table comes first, then the train-step table
+    assert int(ops[2].replace(",", "")) > 0 and 0.5 < float(ops[3]) < 2 and int(ops[4]) > 0
+    assert float(step[5].strip()) >= 0  # peak step memory (MB)
+    assert "aten ops per training step" in stdout

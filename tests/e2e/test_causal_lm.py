@@ -11,6 +11,8 @@ import torch
 import yaml
 from helpers import ROOT, run_cli, write_sums, write_text_csv, write_tiny_bert, write_tiny_llama
 
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> Path:
@@ -23,9 +25,10 @@ def work(tmp_path_factory) -> Path:
         "trainer": {
             "accelerator": "cpu", "max_steps": 12, "val_check_interval": 6, "log_every_n_steps": 1,
             "enable_progress_bar": False, "default_root_dir": str(folder / "outputs"),
-            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(folder / "outputs")}},
+            "logger": {"class_path": "lightning.pytorch.loggers.CSVLogger",
+                       "init_args": {"save_dir": str(folder / "outputs")}},
         },
-        "adapter": {"method": "genlora", "r": 4, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]},
+        "adapter": {"method": "genlora", "r": 4, "target_modules": PROJECTIONS},
         "monitor": {"log_every_n_steps": 4},
         "model": {
             "class_path": "genlora_pl.tasks.CausalLMModule",
@@ -40,10 +43,6 @@ def work(tmp_path_factory) -> Path:
     }  # fmt: skip
     (folder / "lm.yaml").write_text(yaml.safe_dump(config))
     return folder
-
-
-def results(out) -> dict:
-    return out.returncode, out.stdout + out.stderr
 
 
 def test_fit_test_predict_and_export_generate_the_same_tokens(work):
@@ -133,3 +132,51 @@ def test_bad_inputs_get_one_line(work):
     line = bad(work, "fit", "--config", "lm.yaml", "--data.init_args.max_length", "3")
     assert "max_length=3 is shorter than every prompt" in line
     assert not list((work / "outputs").rglob("*.ckpt")) or True  # the fit test may have run first
+
+
+@pytest.mark.slow
+def test_decoder_scale_out_fsdp2_activation_checkpointing_and_bf16(work):
+    """FSDP2 on 2 CPU ranks shards each LlamaDecoderLayer (found without being named) and trains
+    the adapters, with activation checkpointing, to what one process trains; bf16-true fits."""
+    fsdp2 = yaml.safe_dump(
+        {"class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+         "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1, "save_distributed_checkpoint": False}},
+        default_flow_style=True,
+    ).strip()  # fmt: skip
+    short = [
+        "--trainer.max_steps",
+        "4",
+        "--trainer.val_check_interval",
+        "4",
+        "--model.init_args.generate_in_fit",
+        "false",
+    ]
+    runs = {}
+    for name, extra in (
+        (
+            "sharded",
+            [
+                "--trainer.devices",
+                "2",
+                "--trainer.strategy",
+                fsdp2,
+                "--model.init_args.activation_checkpointing",
+                "true",
+            ],
+        ),
+        ("single", ["--trainer.devices", "1"]),
+    ):
+        root = work / f"scale_{name}"
+        out = run_cli("fit", "--config", "lm.yaml", *short, *extra, "--trainer.default_root_dir", str(root),
+                      "--trainer.logger", "false", cwd=work)  # fmt: skip
+        assert out.returncode == 0, out.stderr[-3000:]
+        if name == "sharded":
+            assert "FSDPLlamaDecoderLayer" in out.stdout + out.stderr or "FSDPLlamaForCausalLM" in out.stdout
+        runs[name] = torch.load(next(root.rglob("*.ckpt")), map_location="cpu", weights_only=True)["state_dict"]
+    a, b = runs["sharded"], runs["single"]
+    assert a.keys() == b.keys() and any("latent_A" in k for k in a)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+    out = run_cli("fit", "--config", "lm.yaml", *short, "--trainer.precision", "bf16-true", "--trainer.logger", "false",
+                  "--trainer.default_root_dir", str(work / "bf16"), cwd=work)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
