@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import write_tiny_vit_weights
+from helpers import write_sums, write_tiny_llama, write_tiny_vit_weights
 
 from genlora_pl.__main__ import main
 
@@ -97,6 +97,14 @@ def workspace(tmp_path_factory) -> Path:
     (folder / "notes.ckpt").write_text("training notes: lr 2e-2 was best\n")
     (folder / "random.ckpt").write_bytes(bytes(range(7, 256, 3)))
     (folder / "junk_pickle.ckpt").write_bytes(b"\x80\x02" + bytes(range(9, 256, 5)))
+    write_tiny_llama(folder / "lm")
+    write_sums(folder / "sums.jsonl", n=8)
+    (folder / "no_response.jsonl").write_text(
+        '{"prompt": "add 1 2", "response": "3"}\n{"prompt": "add 2 2", "answer": "4"}\n'
+    )
+    (folder / "empty_response.jsonl").write_text('{"prompt": "add 1 2", "response": ""}\n')
+    (folder / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9 1 2", "response": "3"}\n'.encode("latin-1"))
+    (folder / "damaged.gguf").write_bytes(b"GGUF" + bytes(range(3, 250)))
     (folder / "zero.ckpt").write_bytes(b"")
     (folder / "emptydir").mkdir()
     (folder / "full").mkdir()

@@ -253,3 +253,35 @@ def test_torch_compile_of_a_grouped_model_matches_eager():
         other = compiled._orig_mod.genlora_groups[key]
         for name in GENERATOR:
             torch.testing.assert_close(other._parameters[name].grad, group._parameters[name].grad, rtol=1e-4, atol=1e-5)
+
+
+def test_changing_the_adapters_after_injection_works_or_says_what_to_do(tmp_path):
+    from genlora_pl import load_adapter, save_adapter
+
+    model = make_vit()
+    inject_adapters(model, GenLoRAConfig(r=4, target_modules=["qkv"]))
+    assert inject_adapters(model, GenLoRAConfig(r=4, target_modules=["qkv"])) == [
+        "blocks.0.attn.qkv",
+        "blocks.1.attn.qkv",
+    ]
+    assert len(model.genlora_groups) == 1  # the same config again: nothing new, no second group
+    for other in (LoRAConfig(r=2, target_modules=["fc1"]), GenLoRAConfig(r=8, target_modules=["qkv"])):
+        with pytest.raises(ValueError, match="call merge_and_unload\\(\\) before injecting a different config"):
+            inject_adapters(model, other)  # a LoRA beside GenLoRA groups, or other ranks: one config per model
+    save_adapter(model, tmp_path / "qkv")
+    x = torch.randn(2, 3, 32, 32)
+    merge_and_unload(model)
+    assert not adapter_layers(model) and not hasattr(model, "genlora_groups")
+    inject_adapters(model, GenLoRAConfig(r=2, target_modules=["fc1", "fc2"]))  # a new set after unloading
+    assert sorted(model.genlora_groups) == ["g0", "g1"] and len(adapter_layers(model)) == 4
+    output(model, x).sum().backward()
+    fresh = make_vit()
+    inject_adapters(fresh, GenLoRAConfig(r=4, target_modules=["fc1"]))
+    with pytest.raises(ValueError, match="saved with other adapter settings"):
+        load_adapter(fresh, tmp_path / "qkv")  # another target set: refused, nothing half-loaded
+    # a layer wrapped by hand after injection is not in a group: it generates its own factors
+    extra = GenLoRALayer(model.blocks[0].attn.proj, GenLoRAConfig(r=2), "blocks.0.attn.proj")
+    model.blocks[0].attn.proj = extra
+    with torch.no_grad():
+        extra.amps_B.fill_(0.1)
+    assert extra.group is None and torch.isfinite(output(model, x)).all()
