@@ -88,6 +88,8 @@ class InstructionData(DataModule):
         test_fraction: share held out for test when there is no ``test_file``.
         answer_extractor: how a generation and a reference are reduced before they are compared for
             exact match: ``exact`` (whitespace stripped), ``first_line`` or ``last_number``.
+        system_prompt: a system message put before every prompt (in place of the chat template's
+            default one, e.g. "Answer with the number only."); ``null`` keeps the template's.
         **kwargs: the shared settings of :class:`~genlora_pl.data.base.DataModule` (batch_size,
             num_workers, val_fraction, max_train_samples, max_eval_samples, seed, backbone).
     """
@@ -103,6 +105,7 @@ class InstructionData(DataModule):
         max_length: int = 512,
         test_fraction: float = 0.1,
         answer_extractor: str = "exact",
+        system_prompt: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -117,6 +120,7 @@ class InstructionData(DataModule):
         self.max_length = max_length
         self.test_fraction = test_fraction
         self.answer_extractor = answer_extractor
+        self.system_prompt = system_prompt
         self._pairs = {"train": self.read(train_file)}  # read now: a bad file fails before the model loads
         self._tokenizer: Any = None
         self.report: dict[str, dict[str, int]] = {}
@@ -188,6 +192,8 @@ class InstructionData(DataModule):
         """The text before the response: a chat turn (the template's) or the plain template."""
         tok = self.tokenizer
         messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if self.system_prompt is not None and messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": self.system_prompt}, *messages]
         if getattr(tok, "chat_template", None):
             return tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         text = "\n\n".join(str(m["content"]) for m in messages)

@@ -140,3 +140,9 @@ def test_collate_pads_right_for_the_loss_and_left_for_generation(tmp_path, llama
     assert batch["attention_mask"][:, 0].all() and batch["prompt_mask"][:, -1].all()
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     assert torch.equal(batch["index"], torch.tensor([0, 1]))
+
+
+def test_a_system_prompt_replaces_the_templates_own(tmp_path, llama):
+    d = data(write_sums(tmp_path / "s.jsonl", n=20), llama, system_prompt="answer please")
+    assert d.format("add 1 2") == "system : answer please user : add 1 2 assistant : "
+    assert data(write_sums(tmp_path / "t.jsonl", n=20), llama).format("add 1 2") == "user : add 1 2 assistant : "
