@@ -489,9 +489,16 @@ HANDLES = "_genlora_group_hooks"
 
 
 def _refresh_groups(model: nn.Module, args: object) -> None:
-    """Forward pre-hook of the model: every group generates its layers' factors for this forward."""
+    """Forward pre-hook of the model: every group generates its layers' factors for this forward.
+
+    With autograd on, always (the last backward freed the previous graph). Without it, the factors of
+    the last forward are kept while no parameter, gate or temperature changed: generating text calls
+    the model once per token, and the factors are the same for every token."""
+    grad = torch.is_grad_enabled()
     for group in getattr(model, GROUPS).values():
-        group.refresh()
+        cache = group._cache
+        if grad or cache is None or cache[2] != group._versions() or torch.compiler.is_compiling():
+            group.refresh()
 
 
 def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: object) -> None:

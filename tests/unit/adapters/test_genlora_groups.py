@@ -285,3 +285,24 @@ def test_changing_the_adapters_after_injection_works_or_says_what_to_do(tmp_path
     with torch.no_grad():
         extra.amps_B.fill_(0.1)
     assert extra.group is None and torch.isfinite(output(model, x)).all()
+
+
+def test_without_autograd_the_factors_are_generated_once_until_something_changes(monkeypatch):
+    calls = []
+    original = genlora_module.generate_batched
+    monkeypatch.setattr(genlora_module, "generate_batched", lambda *a: calls.append(1) or original(*a))
+    model = make_vit()
+    inject_adapters(model, GenLoRAConfig(r=4, target_modules=TARGETS))
+    groups, x = len(model.genlora_groups), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(5):  # as generating text calls the model once per token
+            output(model, x)
+        assert len(calls) == 2 * groups
+        model.genlora_groups.g0.amps_B.add_(0.1)
+        changed = output(model, x)
+        assert len(calls) == 4 * groups
+    separate = copy.deepcopy(model)
+    GenLoRALayer.detach(separate)
+    close(changed, output(separate, x), rtol=1e-5)
+    output(model, x).sum().backward()  # with autograd: a fresh generation for a fresh graph
+    assert len(calls) == 6 * groups
