@@ -300,9 +300,9 @@ def test_without_autograd_the_factors_are_generated_once_until_something_changes
         assert len(calls) == 2 * groups
         model.genlora_groups.g0.amps_B.add_(0.1)
         changed = output(model, x)
-        assert len(calls) == 4 * groups
+        assert len(calls) == 2 * groups + 2  # only the group that changed generates again
     separate = copy.deepcopy(model)
     GenLoRALayer.detach(separate)
     close(changed, output(separate, x), rtol=1e-5)
     output(model, x).sum().backward()  # with autograd: a fresh generation for a fresh graph
-    assert len(calls) == 6 * groups
+    assert len(calls) == 4 * groups + 2
