@@ -304,5 +304,6 @@ def test_without_autograd_the_factors_are_generated_once_until_something_changes
     separate = copy.deepcopy(model)
     GenLoRALayer.detach(separate)
     close(changed, output(separate, x), rtol=1e-5)
+    before = len(calls)
     output(model, x).sum().backward()  # with autograd: a fresh generation for a fresh graph
-    assert len(calls) == 4 * groups + 2
+    assert len(calls) - before == 2 * groups
