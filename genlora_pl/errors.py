@@ -7,6 +7,7 @@ that jsonargparse builds, often several lines deep), so both say the same thing 
 from __future__ import annotations
 
 import re
+import textwrap
 
 # What a user can fix: a bad value, a missing or damaged file, a missing package, an existing output
 # folder, a full disk (OSError), a diverged run (FloatingPointError).
@@ -36,7 +37,8 @@ def _expected(message: str) -> str:
         values += re.findall(r"Expected a <class '([\w.]+)'>", line)
     if not values:
         values = re.findall(r"<class '([\w.]+)'>", message.split("Given value type")[0])
-    return ", ".join(dict.fromkeys(v.replace("NoneType", "null") for v in values)) or "another value"
+    values = list(dict.fromkeys(v.replace("NoneType", "null") for v in values))
+    return f"one of {', '.join(values)}" if len(values) > 1 else (values[0] if values else "another value")
 
 
 def _bullet(raw: list[str], i: int) -> str:
@@ -48,6 +50,35 @@ def _bullet(raw: list[str], i: int) -> str:
             break
         parts.append(line.strip())
     return " ".join(" ".join(parts).split())
+
+
+def _task_problem(message: str) -> str | None:
+    """The task is itself a class_path section (``model.class_path`` chooses it), so jsonargparse
+    wraps whatever is wrong inside it in a report about the union of task classes: say the inner
+    problem, with its full key (``model.optimizer.init_args.lr``), or name the setting nobody takes."""
+    head = re.search(r"^( *)- Problem with given class_path '([^']+)':\n", message, re.M)
+    section = re.match(r'Parser key "([^"]+)"', message)
+    if head is None or section is None:
+        return None
+    body = message[head.end() :]
+    outer = re.search(rf"^{head.group(1)}- ", body, re.M)  # the union's next member, at the head's indent
+    body = textwrap.dedent(body[: outer.start()] if outer else body).strip()
+    unknown = re.search(r"Option '([^']+)' is not accepted", body)
+    if unknown:
+        nested = re.search(r"NestedArg\(key='([^']+)', val='(.*)'\)", message)
+        given = f"--{section.group(1)}.{nested.group(1)} {nested.group(2)}" if nested else section.group(1)
+        owner = re.search(r"Got value: Namespace\(class_path='([^']+)'", body)
+        name = owner.group(1) if owner else head.group(2)
+        return f"unrecognized arguments: {given} ({name} takes no setting {unknown.group(1)!r})"
+    if not body.startswith("Parser key"):  # the class itself cannot be imported
+        base = re.search(r"Subtypes: \[<class '([^']+)'>", message)
+        kind = f"a subclass of {base.group(1)}" if base else "a task class"
+        detail = " ".join(body.split())
+        return (
+            f"{section.group(1)}.class_path={head.group(2)!r} cannot be imported ({detail}); give {kind}: "
+            "genlora_pl.tasks.ClassificationModule or genlora_pl.tasks.CausalLMModule."
+        )
+    return f"{section.group(1)}.{one_line(ValueError(body))}"
 
 
 def one_line(err: BaseException) -> str:
@@ -64,9 +95,12 @@ def one_line(err: BaseException) -> str:
     lines = [line.strip() for line in raw]
     keys = re.findall(r'Parser key "([^"]+)"', message)
     given_value = re.search(r"Given value: (.*?)(?:\. Got value:|$)", message, re.M)
+    task = _task_problem(message)
+    if task is not None:
+        return task
     if len(keys) >= 2 and given_value and "init_args=" in message:  # inside a class_path section: optimizer lr
         key = f"{keys[0]}.init_args.{keys[-1]}"
-        return f"{key}={given_value.group(1).strip()!r} is not valid; expected one of {_expected(message)}."
+        return f"{key}={given_value.group(1).strip()!r} is not valid; expected {_expected(message)}."
     reasons = [
         _bullet(raw, i) for i, line in enumerate(lines) if line.startswith("- ") and not line.startswith("- Expected a")
     ]
@@ -78,7 +112,7 @@ def one_line(err: BaseException) -> str:
     key = re.match(r'Parser key "([^"]+)"', lines[0]) if lines else None
     given = next((m.group(1).strip() for m in map(re.compile(r".*(?:Given|Got) value: (.*)").match, lines) if m), None)
     if key and given is not None:
-        return f"{key.group(1)}={given!r} is not valid; expected one of {_expected(message)}."
+        return f"{key.group(1)}={given!r} is not valid; expected {_expected(message)}."
     if lines and lines[0].startswith("Problems parsing config"):
         detail = " ".join(" ".join(lines).removeprefix("Problems parsing config:").split())
         detail = detail.replace(' in "<unicode string>",', " at")

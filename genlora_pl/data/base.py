@@ -84,6 +84,16 @@ class ResumableSampler(DistributedSampler):
             self.yielded += 1
             yield (epoch, index) if self.keyed else index
 
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        epoch, yielded = int(state["epoch"]), int(state["yielded"])
+        if yielded >= self.num_samples:
+            epoch, yielded = epoch + 1, 0
+        self.set_epoch(epoch)
+        self._resume_at = yielded
+
 
 class BucketedSampler(ResumableSampler):
     """:class:`ResumableSampler` whose batches hold examples of similar length, so little of a
@@ -106,16 +116,6 @@ class BucketedSampler(ResumableSampler):
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch + 1_000_003)
         return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "yielded": self.yielded}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        epoch, yielded = int(state["epoch"]), int(state["yielded"])
-        if yielded >= self.num_samples:
-            epoch, yielded = epoch + 1, 0
-        self.set_epoch(epoch)
-        self._resume_at = yielded
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -61,6 +61,7 @@ def commands(prefix: str) -> list[str]:
     lines = []
     for text in (README, *DOCS.values()):
         for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            block = block.replace("\\\n", " ")  # a command continued over lines is one command
             lines += [line.split("#")[0].strip() for line in block.splitlines() if line.startswith(prefix)]
     return lines
 

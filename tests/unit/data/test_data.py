@@ -19,6 +19,7 @@ from genlora_pl.data import (
     TextClassificationData,
     TweetSentimentData,
 )
+from genlora_pl.data.base import ResumableSampler
 from genlora_pl.data.images import find_fashion_mnist
 
 VIT = "timm:vit_tiny_patch16_224"
@@ -154,3 +155,35 @@ def test_batches_do_not_depend_on_the_number_of_loader_workers():
 
     for a, b in zip(batches(0), batches(2), strict=True):
         assert torch.equal(a, b)
+
+
+class Echo(torch.utils.data.Dataset):
+    def __len__(self):
+        return 40
+
+    def __getitem__(self, key):
+        return key
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_resumable_sampler_state_travels_through_a_stateful_loader(keyed):
+    """What Lightning saves mid-epoch (the loader's state, with the sampler's inside) resumes the
+    same epoch at the same place, in a fresh loader, before ``set_epoch`` is called."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    def loader():
+        sampler = ResumableSampler(list(range(40)), num_replicas=1, rank=0, shuffle=True, seed=3, keyed=keyed)
+        items = Echo()  # hands back the keys it is indexed with: (epoch, index) when keyed
+        return sampler, StatefulDataLoader(items, batch_size=4, sampler=sampler, collate_fn=list)
+
+    sampler, first = loader()
+    sampler.set_epoch(2)
+    seen = iter(first)
+    done = [next(seen) for _ in range(3)]
+    state = first.state_dict()
+    rest = list(seen)
+
+    sampler, second = loader()
+    second.load_state_dict(state)
+    assert list(second) == rest and len(done) + len(rest) == 10
+    assert sampler.epoch == 2

@@ -50,7 +50,7 @@ def test_export_config_folds_every_scale(tmp_path):
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["peft_type"] == "LORA" and cfg["r"] == 8 and cfg["lora_alpha"] == 8
     assert cfg["use_rslora"] is False and cfg["modules_to_save"] == ["head"]
-    assert "blocks.0.attn.qkv" in cfg["target_modules"]
+    assert cfg["target_modules"] == ["fc1", "fc2", "proj", "qkv"]  # short names select exactly the adapted layers
     meta = json.loads((tmp_path / "genlora_config.json").read_text())
     assert meta["config"]["group_size"] == 2 and meta["config"]["rslora"] is True
 
