@@ -286,12 +286,16 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
             )
     tuned = [r for r in rows if r["stage"] == "tune"]
     if tuned:
-        out += ["\n**Tuning sweep** (validation accuracy only, seed 0)\n",
-                "| task | run | lr | val acc (%) | effective rank |", "|---|---|---|---|---|"]  # fmt: skip
+        out += ["\n**Tuning sweep** (validation split only; mean over the seeds run, in the order run)\n",
+                "| task | run | lr | val acc (%) | seeds | effective rank |", "|---|---|---|---|---|---|"]  # fmt: skip
+        groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
         for r in tuned:
-            rank = "-" if r["mean_effective_rank"] is None else f"{r['mean_effective_rank']:.1f}"
-            lr = r["settings"]["lr"]
-            out.append(f"| {r['task']} | {r['method']} | {lr:g} | {100 * r['val_acc']:.1f} | {rank} |")
+            groups.setdefault((r["task"], r["method"], r["settings"]["lr"]), []).append(r)
+        for (task, method, lr), runs in groups.items():
+            ranks = [r["mean_effective_rank"] for r in runs if r["mean_effective_rank"] is not None]
+            rank = f"{sum(ranks) / len(ranks):.1f}" if ranks else "-"
+            val = 100 * sum(r["val_acc"] for r in runs) / len(runs)  # exact match on causal tasks
+            out.append(f"| {task} | {method} | {lr:g} | {val:.1f} | {len(runs)} | {rank} |")
     atomic_write_text(results / "quality_summary.json", json.dumps(summary, indent=1) + "\n")
     if summary:
         plot(summary, results)
