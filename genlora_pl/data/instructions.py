@@ -408,11 +408,13 @@ class ReasoningGymData(InstructionData):
         return splits
 
     def score(self, split: str, indices: list[int], generations: list[str]) -> list[float]:
-        """reasoning-gym's own checker (1.0 for a right answer; partial credit where the task gives it)."""
+        """reasoning-gym's own checker, read as exact match: 1 for an answer it scores 1.0, else 0. Its
+        partial credit (``basic_arithmetic`` gives 0.5 to ``-4.0`` for ``-4``) would make the mean a
+        score that is not the share of right answers."""
         source, entries = self.sources[split], self._entries[split]
         scores = []
         for index, text in zip(indices, generations, strict=True):
             answer = EXTRACTORS[self.answer_extractor](text)
             value = source.score_answer(answer, entries[index])
-            scores.append(float(value) if value is not None and math.isfinite(value) else 0.0)
+            scores.append(1.0 if value is not None and math.isfinite(value) and value >= 1.0 else 0.0)
         return scores
