@@ -129,7 +129,9 @@ def test_reasoning_gym_tasks_are_generated_offline_and_scored_by_their_checker(l
     right = [r["answer"] for r in d.splits["test"].records]
     assert d.score("test", list(range(5)), right) == [1.0] * 5
     assert d.score("test", [0], ["not a number"]) == [0.0]
-    arithmetic = ReasoningGymData(task="basic_arithmetic", train_size=20, val_size=5, test_size=5, backbone=f"hf:{llama}")
+    arithmetic = ReasoningGymData(
+        task="basic_arithmetic", train_size=20, val_size=5, test_size=5, backbone=f"hf:{llama}"
+    )
     arithmetic.setup()
     answer = arithmetic.splits["val"].records[0]["answer"]
     assert 0 < arithmetic.sources["val"].score_answer(f"{answer}.0", arithmetic._entries["val"][0]) < 1
