@@ -53,9 +53,10 @@ def _bullet(raw: list[str], i: int) -> str:
 
 
 def _task_problem(message: str) -> str | None:
-    """The task is itself a class_path section (``model.class_path`` chooses it), so jsonargparse
-    wraps whatever is wrong inside it in a report about the union of task classes: say the inner
-    problem, with its full key (``model.optimizer.init_args.lr``), or name the setting nobody takes."""
+    """The task and the data are class_path sections (``model.class_path`` chooses the task), so
+    jsonargparse wraps whatever is wrong inside one in a report about the union of its classes: say
+    the inner problem, with its full key (``model.optimizer.init_args.lr``), name the setting nobody
+    takes, or the class that cannot be imported."""
     head = re.search(r"^( *)- Problem with given class_path '([^']+)':\n", message, re.M)
     section = re.match(r'Parser key "([^"]+)"', message)
     if head is None or section is None:
@@ -72,12 +73,11 @@ def _task_problem(message: str) -> str | None:
         return f"unrecognized arguments: {given} ({name} takes no setting {unknown.group(1)!r})"
     if not body.startswith("Parser key"):  # the class itself cannot be imported
         base = re.search(r"Subtypes: \[<class '([^']+)'>", message)
-        kind = f"a subclass of {base.group(1)}" if base else "a task class"
+        kind = f"a subclass of {base.group(1)}" if base else "an importable class"
+        if section.group(1) == "model":
+            kind += ": genlora_pl.tasks.ClassificationModule or genlora_pl.tasks.CausalLMModule"
         detail = " ".join(body.split())
-        return (
-            f"{section.group(1)}.class_path={head.group(2)!r} cannot be imported ({detail}); give {kind}: "
-            "genlora_pl.tasks.ClassificationModule or genlora_pl.tasks.CausalLMModule."
-        )
+        return f"{section.group(1)}.class_path={head.group(2)!r} cannot be imported ({detail}); give {kind}."
     return f"{section.group(1)}.{one_line(ValueError(body))}"
 
 

@@ -62,3 +62,14 @@ def test_a_task_class_that_cannot_be_imported():
         "model.class_path='nope.Foo' cannot be imported (No module named 'nope'); give a subclass of "
         "genlora_pl.tasks.base.AdapterTask"
     )
+
+
+def test_a_data_class_that_cannot_be_imported_names_no_task():
+    message = TASK.format(inner="        No module named 'nope'", key="class_path", val="nope.Foo")
+    message = message.replace("'genlora_pl.ClassificationModule'", "'nope.Foo'")
+    message = message.replace('Parser key "model"', 'Parser key "data"')
+    message = message.replace("tasks.base.AdapterTask", "data.base.DataModule")
+    assert one_line(ValueError(message)) == (
+        "data.class_path='nope.Foo' cannot be imported (No module named 'nope'); "
+        "give a subclass of genlora_pl.data.base.DataModule."
+    )
