@@ -93,11 +93,11 @@ def one_line(err: BaseException) -> str:
     message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
     raw = [line for line in message.splitlines() if line.strip()]
     lines = [line.strip() for line in raw]
-    keys = re.findall(r'Parser key "([^"]+)"', message)
-    given_value = re.search(r"Given value: (.*?)(?:\. Got value:|$)", message, re.M)
     task = _task_problem(message)
     if task is not None:
         return task
+    keys = re.findall(r'Parser key "([^"]+)"', message)
+    given_value = re.search(r"Given value: (.*?)(?:\. Got value:|$)", message, re.M)
     if len(keys) >= 2 and given_value and "init_args=" in message:  # inside a class_path section: optimizer lr
         key = f"{keys[0]}.init_args.{keys[-1]}"
         return f"{key}={given_value.group(1).strip()!r} is not valid; expected {_expected(message)}."
