@@ -269,25 +269,27 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
         # Runs recorded before test_samples was: the cap, which every task's test split exceeds.
         n_test = done[-1].get("test_samples", task["data"]["init_args"].get("max_eval_samples"))
         sizes = {"train": done[0]["train_samples"], "val": done[0]["eval_samples"], "test": n_test}
-        summary[key] = {"title": task["title"], "samples": sizes, "methods": table}
+        summary[key] = {"title": task["title"], "score": score_name(task), "samples": sizes, "methods": table}
         out += [
             f"\n**{task['title']}**: {sizes['train']:,} training, {sizes['val']:,} validation and {sizes['test']:,} "
-            f"test examples, {schedule(task)}; test {score_name(task)}: mean ± standard deviation over seeds.\n",
+            f"test examples, {schedule(task)}; test {score_name(task)}: mean ± standard deviation over seeds "
+            "(one seed: its value alone).\n",
             f"| method | trainable params | test {score_name(task)} (%) | val {score_name(task)} (%) | "
             "effective rank of update | fit s | seeds |",
             "|---|---|---|---|---|---|---|",
         ]
         for t in table:
             rank = "-" if t["effective_rank_mean"] is None else f"{t['effective_rank_mean']:.1f}"
+            spread = f" ± {100 * t['test_acc_std']:.1f}" if t["seeds"] > 1 else ""  # one run has no spread
             out.append(
-                f"| {t['method']} | {t['trainable_params']:,} | {100 * t['test_acc_mean']:.1f} ± "
-                f"{100 * t['test_acc_std']:.1f} | {100 * t['val_acc_mean']:.1f} | {rank} | "
-                f"{t['fit_seconds_mean']:.0f} | {t['seeds']} |"
+                f"| {t['method']} | {t['trainable_params']:,} | {100 * t['test_acc_mean']:.1f}{spread} | "
+                f"{100 * t['val_acc_mean']:.1f} | {rank} | {t['fit_seconds_mean']:.0f} | {t['seeds']} |"
             )
     tuned = [r for r in rows if r["stage"] == "tune"]
     if tuned:
         out += ["\n**Tuning sweep** (validation split only; mean over the seeds run, in the order run)\n",
-                "| task | run | lr | val acc (%) | seeds | effective rank |", "|---|---|---|---|---|---|"]  # fmt: skip
+                "| task | run | lr | val acc or exact match (%) | seeds | effective rank |",
+                "|---|---|---|---|---|---|"]  # fmt: skip
         groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
         for r in tuned:
             groups.setdefault((r["task"], r["method"], r["settings"]["lr"]), []).append(r)
@@ -306,12 +308,23 @@ def plot(summary: dict[str, Any], results: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
+    import textwrap
+
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(summary), figsize=(5.2 * len(summary), 4.2), squeeze=False)
+    cols = min(3, len(summary))  # a grid, so that nine tasks stay readable
+    rows = -(-len(summary) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(summary) :]:
+        ax.axis("off")
     styles = {"head": ("k", "s"), "LoRA": ("tab:blue", "o"), "GenLoRA": ("tab:red", "^"), "full": ("tab:gray", "D")}
-    for ax, task in zip(axes[0], summary.values(), strict=True):
+    for ax, task in zip(axes.flat, summary.values(), strict=False):
         for t in task["methods"]:
+            if t["trainable_params"] == 0:  # the untuned model: a reference line, it has no place on a log axis
+                ax.axhline(100 * t["test_acc_mean"], color="k", linestyle=":", linewidth=1, label="untuned")
+                ax.annotate(t["method"], (0.01, 100 * t["test_acc_mean"]), xycoords=("axes fraction", "data"),
+                            fontsize=6, xytext=(0, 3), textcoords="offset points")  # fmt: skip
+                continue
             family = next((f for f in styles if t["method"].startswith(f)), "full")
             color, marker = styles[family]
             ax.errorbar(
@@ -322,12 +335,12 @@ def plot(summary: dict[str, Any], results: Path) -> None:
                         100 * t["test_acc_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(task["title"], fontsize=8)
+        ax.set_ylabel(f"test {task.get('score', 'acc')} (%)".replace("acc ", "accuracy "))
+        ax.set_title(textwrap.fill(task["title"], 70), fontsize=8)
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker=m, linestyle="none", label=f) for f, (c, m) in styles.items()]
     fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=8)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.tight_layout(rect=(0, 0.06 / rows, 1, 1))
     from genlora_pl.files import atomic_write
 
     atomic_write(results / "quality.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))

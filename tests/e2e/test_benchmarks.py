@@ -95,6 +95,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     assert params == sorted(params) and params[0] < params[1] < params[2]
     assert all(0 <= r["test_acc"] <= 1 for r in rows[1:])
     assert "| GenLoRA r=8 g=2 |" in stdout and "Tuning sweep" in stdout
+    assert not [line for line in stdout.splitlines() if line.startswith("| LoRA r=2 |") and "±" in line]  # one seed
 
     # A second call finds every run done and only writes the summary again.
     run(script, "--config", str(config), "--results", str(results))
@@ -104,6 +105,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     summary = json.loads((results / "quality_summary.json").read_text())
     assert [m["method"] for m in summary["topics"]["methods"]] == list(final)
     assert summary["topics"]["samples"]["train"] == final["LoRA r=2"]["train_samples"]
+    assert (summary["topics"]["score"], summary["sums"]["score"]) == ("acc", "exact match")
     assert (results / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
 
