@@ -321,7 +321,7 @@ def plot(summary: dict[str, Any], results: Path) -> None:
     for ax, task in zip(axes.flat, summary.values(), strict=False):
         for t in task["methods"]:
             if t["trainable_params"] == 0:  # the untuned model: a reference line, it has no place on a log axis
-                ax.axhline(100 * t["test_acc_mean"], color="k", linestyle=":", linewidth=1, label="untuned")
+                ax.axhline(100 * t["test_acc_mean"], color="k", linestyle=":", linewidth=1)
                 ax.annotate(t["method"], (0.01, 100 * t["test_acc_mean"]), xycoords=("axes fraction", "data"),
                             fontsize=6, xytext=(0, 3), textcoords="offset points")  # fmt: skip
                 continue
@@ -335,7 +335,7 @@ def plot(summary: dict[str, Any], results: Path) -> None:
                         100 * t["test_acc_mean"]), fontsize=6, xytext=(3, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("trainable parameters")
-        ax.set_ylabel(f"test {task.get('score', 'acc')} (%)".replace("acc ", "accuracy "))
+        ax.set_ylabel(f"test {'accuracy' if task['score'] == 'acc' else task['score']} (%)")
         ax.set_title(textwrap.fill(task["title"], 70), fontsize=8)
         ax.grid(alpha=0.3)
     handles = [plt.Line2D([], [], color=c, marker=m, linestyle="none", label=f) for f, (c, m) in styles.items()]
