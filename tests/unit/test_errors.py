@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from genlora_pl.errors import one_line
+from genlora_pl.tasks import TASKS
 
 
 def test_a_value_inside_a_class_path_section_names_its_full_key():
@@ -58,10 +59,14 @@ def test_a_setting_no_task_takes_is_an_unrecognized_argument():
 def test_a_task_class_that_cannot_be_imported():
     message = TASK.format(inner="        No module named 'nope'", key="class_path", val="nope.Foo")
     message = message.replace("'genlora_pl.ClassificationModule'", "'nope.Foo'")
-    assert one_line(ValueError(message)).startswith(
+    line = one_line(ValueError(message))
+    assert line.startswith(
         "model.class_path='nope.Foo' cannot be imported (No module named 'nope'); give a subclass of "
         "genlora_pl.tasks.base.AdapterTask"
     )
+    # errors.py sits below tasks in the layers, so it names the tasks itself: every registered one.
+    for cls in TASKS.values():
+        assert f"genlora_pl.tasks.{cls.__name__}" in line
 
 
 def test_a_data_class_that_cannot_be_imported_names_no_task():
