@@ -107,22 +107,24 @@ def cache_root() -> Path:
 
 
 def converted_gguf(gguf: Path, name: str) -> Path:
-    """A plain ``save_pretrained`` folder (fp32, dequantized) of a GGUF file, made once and cached.
+    """A plain ``save_pretrained`` folder (bf16, dequantized) of a GGUF file, made once and cached.
 
     transformers dequantizes a GGUF model on every load (about half a minute for a 135 M model on 2
     cores); the plain folder loads in seconds, and it is what exports name as their base model, so
     PEFT, transformers and vLLM load the very weights the adapters were trained on."""
-    folder = cache_root() / "gguf" / f"{gguf.stem}-{sha256(gguf)[:12]}"
+    # bf16 holds a 4-6 bit GGUF weight's value to within bf16 rounding at half fp32's size (a 7 B
+    # model: 14 GB on disk, not 28); the task loads it in whatever dtype it runs the base in.
+    folder = cache_root() / "gguf" / f"{gguf.stem}-{sha256(gguf)[:12]}-bf16"
     if (folder / "config.json").is_file():
         return folder
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {gguf.name} (GGUF, dequantized to fp32) once into {folder}", file=sys.stderr)
+    print(f"converting {gguf.name} (GGUF, dequantized to bf16) once into {folder}", file=sys.stderr)
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = from_pretrained_quietly(
-            AutoModelForCausalLM, str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            AutoModelForCausalLM, str(gguf.parent), gguf_file=gguf.name, dtype=torch.bfloat16
         )
     except Exception as err:  # a damaged file, or an architecture transformers cannot dequantize
         raise ValueError(f"backbone='hf:{name}' is not a GGUF file transformers can load: {first_line(err)}.") from None
@@ -135,6 +137,45 @@ def converted_gguf(gguf: Path, name: str) -> Path:
         tokenizer.save_pretrained(staging)
 
     return write_folder(folder, fill)
+
+
+def gguf_hub_id(gguf: Path) -> str | None:
+    """The hub id a GGUF file was made from, from its metadata: a source or base-model repository
+    when the converter recorded one, else ``<general.organization>/<file name before the first dot>``
+    (llama.cpp's naming: ``SmolLM2-135M-Instruct.Q4_1.gguf`` of HuggingFaceTB)."""
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(gguf)).fields
+    except Exception:  # no gguf package, or not a file it reads: nothing known
+        return None
+
+    def text(key: str) -> str | None:
+        field = fields.get(key)
+        try:
+            value = field.contents() if field is not None else None
+        except Exception:
+            return None
+        return value if isinstance(value, str) and value.strip() else None
+
+    for key in ("general.source.repo_url", "general.base_model.0.repo_url", "general.source.huggingface.repository"):
+        url = text(key)
+        if url and "huggingface.co/" in url:
+            return url.split("huggingface.co/", 1)[1].strip("/")
+        if url and url.count("/") == 1 and " " not in url:
+            return url
+    organization = text("general.organization")
+    return f"{organization}/{gguf.name.split('.')[0]}" if organization and " " not in organization else None
+
+
+def hub_id(name: str) -> str | None:
+    """The hub id behind backbone ``hf:<name>`` when one is known: the name itself for a hub id, the
+    GGUF metadata's for a GGUF file; None for a local ``save_pretrained`` folder."""
+    local = Path(name).expanduser() if Path(name).expanduser().exists() else _in_package(name)
+    if local is None:
+        return name
+    gguf = gguf_file(local)
+    return gguf_hub_id(gguf) if gguf is not None else None
 
 
 def hf_path(name: str) -> str:
@@ -163,6 +204,35 @@ def load_tokenizer(name: str) -> Any:
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+PROBE = "\x1fgenlora-probe\x1f"
+
+
+def turn_end_id(tokenizer: Any) -> int | None:
+    """The token a tokenizer's chat template renders right after an assistant message (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``), which is what a chat model must learn to emit to stop, and
+    what generation stops at; the end-of-sequence token when the template renders nothing there or
+    there is no template."""
+    eos = tokenizer.eos_token_id
+    if not getattr(tokenizer, "chat_template", None):
+        return eos
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": PROBE}]
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # a template that wants more than a user and an assistant turn
+        return eos
+    at = text.find(PROBE)
+    tail = text[at + len(PROBE) :].lstrip() if at >= 0 else ""
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+    return ids[0] if ids and ids[0] in special else eos  # plain text after a turn is no stop token
+
+
+def stop_ids(tokenizer: Any) -> list[int]:
+    """Token ids that end a generated answer: the end of an assistant turn and end-of-sequence."""
+    ids = [turn_end_id(tokenizer), tokenizer.eos_token_id]
+    return list(dict.fromkeys(i for i in ids if i is not None))
 
 
 def check_hf_source(name: str) -> None:
@@ -330,14 +400,18 @@ def build_backbone(
     return build_hf(spec.name, num_classes, pretrained, kwargs or {}, class_names)
 
 
-def build_causal_lm(backbone: str, pretrained: bool = True, kwargs: dict[str, Any] | None = None) -> nn.Module:
-    """A decoder-only language model with its LM head (``AutoModelForCausalLM``), fp32.
+def build_causal_lm(
+    backbone: str, pretrained: bool = True, kwargs: dict[str, Any] | None = None, dtype: Any = None
+) -> nn.Module:
+    """A decoder-only language model with its LM head (``AutoModelForCausalLM``), its weights loaded
+    directly in ``dtype`` (fp32 by default): a 7 B model in bf16 never passes through 28 GB of fp32.
 
     ``hf:`` names a hub id, a ``save_pretrained`` folder, a ``.gguf`` file or a folder holding one
     (dequantized and cached as a plain folder, see :func:`converted_gguf`)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    dtype = dtype or torch.float32
     spec = BackboneSpec.parse(backbone)
     if spec.library != "hf":
         raise ValueError(
@@ -348,8 +422,8 @@ def build_causal_lm(backbone: str, pretrained: bool = True, kwargs: dict[str, An
     config = AutoConfig.from_pretrained(path, **(kwargs or {}))
     check_causal(config, backbone)
     if pretrained:
-        return from_pretrained_quietly(AutoModelForCausalLM, path, config=config, dtype=torch.float32)
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return from_pretrained_quietly(AutoModelForCausalLM, path, config=config, dtype=dtype)
+    return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
 def check_causal(config: Any, backbone: str) -> None:

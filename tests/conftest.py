@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 import torch
 from torch import nn
 
 from genlora_pl.adapters import GenLoRALayer, LoRALayer
 from genlora_pl.injection import adapter_layers
+
+# The tests' tokenised data goes into a datasets cache of their own (inherited by the CLI runs they
+# start), not into the user's ~/.cache/huggingface/datasets.
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="genlora-datasets-"))
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,6 @@ the tokenizer.
 
 from __future__ import annotations
 
-import itertools
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,10 +23,12 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
 
-def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[list[int]]:
+def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
     """Split ``range(n)`` into parts of a seeded permutation sized by ``fractions``; the first
-    (training) part takes whatever rounding leaves, so every example lands in exactly one part."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    (training) part takes whatever rounding leaves, so every example lands in exactly one part.
+    The parts are int64 arrays (8 bytes an example: a Python list of ten million indices would
+    hold 360 MB)."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).numpy()
     sizes = [int(round(f * n)) for f in fractions[1:]]
     sizes = [n - sum(sizes), *sizes]
     parts, start = [], 0
@@ -63,14 +64,17 @@ class ResumableSampler(DistributedSampler):
         self.yielded = 0
         self._resume_at: int | None = None
 
-    def global_order(self) -> list[int]:
+    def global_order(self) -> np.ndarray:
         """Every index of this epoch, before each process takes its share: a seeded permutation
-        (``DistributedSampler``'s, padded by repetition to a multiple of the processes)."""
+        (``DistributedSampler``'s, padded by repetition to a multiple of the processes), as an
+        int64 array, so a sampler over millions of rows holds no Python list of them."""
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch)
-        order = torch.randperm(len(self.dataset), generator=g).tolist()
+        order = torch.randperm(len(self.dataset), generator=g).numpy()
         padding = self.total_size - len(order)
-        return order + (order * (padding // len(order) + 1))[:padding] if padding > 0 else order[: self.total_size]
+        if padding > 0:
+            return np.concatenate([order, np.tile(order, padding // len(order) + 1)[:padding]])
+        return order[: self.total_size]
 
     def __iter__(self) -> Iterator[int | tuple[int, int]]:
         """Indices, or ``(epoch, index)`` keys with ``keyed``: a :class:`TransformedDataset` with a
@@ -80,7 +84,8 @@ class ResumableSampler(DistributedSampler):
         self.yielded = start
         epoch = self.epoch
         mine = self.global_order()[self.rank : self.total_size : self.num_replicas]
-        for index in itertools.islice(mine, start, None):
+        for value in mine[start:]:  # one index at a time: no list of the whole epoch
+            index = int(value)
             self.yielded += 1
             yield (epoch, index) if self.keyed else index
 
@@ -104,18 +109,19 @@ class BucketedSampler(ResumableSampler):
 
     def __init__(self, *args: Any, lengths: Sequence[int], global_batch: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lengths, self.global_batch = list(lengths), global_batch
+        self.lengths, self.global_batch = np.asarray(lengths), global_batch
 
-    def global_order(self) -> list[int]:
+    def global_order(self) -> np.ndarray:
         order = super().global_order()
         chunk = self.global_batch * 50
         batches = []
         for start in range(0, len(order), chunk):
-            part = sorted(order[start : start + chunk], key=lambda i: -self.lengths[i])
+            part = order[start : start + chunk]
+            part = part[np.argsort(-self.lengths[part], kind="stable")]  # longest first, ties in seeded order
             batches += [part[i : i + self.global_batch] for i in range(0, len(part), self.global_batch)]
         g = torch.Generator()
         g.manual_seed(self.seed + self.epoch + 1_000_003)
-        return [i for b in torch.randperm(len(batches), generator=g).tolist() for i in batches[b]]
+        return np.concatenate([batches[b] for b in torch.randperm(len(batches), generator=g).tolist()])
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import inspect
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from genlora_pl.adapters import config_from_dict
-from genlora_pl.backbones import PACKAGED_HF_MODELS, BackboneSpec, hf_path
+from genlora_pl.backbones import BackboneSpec, hf_path, hub_id
 from genlora_pl.checkpoints import adapter_config_of, read_checkpoint
-from genlora_pl.export.peft import export_peft
+from genlora_pl.export.peft import PEFT_CONFIG_NAME, export_peft, vllm_advice
 from genlora_pl.files import recover_folder, write_folder
 from genlora_pl.injection import inject_adapters, merge_and_unload
+from genlora_pl.quantize import dequantize, resolve_dtype
 from genlora_pl.state import save_adapter
 from genlora_pl.tasks import AdapterTask, task_class
 
@@ -51,21 +53,34 @@ def restore_module(checkpoint: dict[str, Any]) -> AdapterTask:
     return module.eval()
 
 
-def portable_name(backbone_name: str) -> str:
-    """What ``base_model_name_or_path`` should say: the hub id (also of a model read from a packaged
-    copy), else the plain local folder the weights come from: a ``save_pretrained`` folder as the
-    config named it, or the cached folder a GGUF file was converted into."""
+def portable_name(backbone_name: str, base_model_id: str | None = None) -> str:
+    """What ``base_model_name_or_path`` should say, never a path into a cache or an environment:
+    ``base_model_id`` when the config gives one, the hub id (also of a model read from a packaged
+    copy, or the one a GGUF file's metadata names), else the ``save_pretrained`` folder as the config
+    named it."""
+    if base_model_id:
+        return base_model_id
     spec = BackboneSpec.parse(backbone_name)
     if spec.library == "timm":
         return spec.name
-    resolved = hf_path(spec.name)
     local = Path(spec.name).expanduser()
     if local.is_dir() and (local / "config.json").is_file():
         return spec.name
-    return resolved if Path(resolved).is_dir() and spec.name not in PACKAGED_HF_MODELS else spec.name
+    known = hub_id(spec.name)
+    if known is None:
+        print(
+            f"warning: no hub id is known for backbone {backbone_name!r}; the PEFT folder names it as given. "
+            "Set model.init_args.base_model_id to the id it came from.",
+            file=sys.stderr,
+        )
+    return known or spec.name
 
 
-def _save_merged(backbone: torch.nn.Module, backbone_name: str, folder: Path) -> None:
+def _save_merged(backbone: torch.nn.Module, backbone_name: str, folder: Path, hparams: Any = None) -> None:
+    hparams = hparams or {}
+    if hparams.get("quantize"):  # an NF4 base merges into its dtype: a 4-bit weight would round the update away
+        dtype = resolve_dtype(hparams.get("dtype", "auto"), "cuda" if torch.cuda.is_available() else "cpu")
+        dequantize(backbone, dtype)
     plain = merge_and_unload(backbone)
     spec = BackboneSpec.parse(backbone_name)
     folder.mkdir(parents=True)
@@ -127,13 +142,20 @@ def export_checkpoint(
         if "adapter" in formats:
             save_adapter(module.backbone, folder / "adapter")
         if "peft" in formats:
-            export_peft(module.backbone, folder / "peft", base_model_name=portable_name(module.backbone_name))
+            name = portable_name(module.backbone_name, module.hparams.get("base_model_id"))
+            export_peft(module.backbone, folder / "peft", base_model_name=name)
         if "merged" in formats:  # last: merging removes the adapter modules
-            _save_merged(module.backbone, module.backbone_name, folder / "merged")
+            _save_merged(module.backbone, module.backbone_name, folder / "merged", module.hparams)
 
     write_folder(out, fill)
     written = {f: str(out / f) for f in formats}
     print(json.dumps(written, indent=2))
+    peft_folder = out / "peft"
+    if "peft" in formats and checkpoint.get("task") == "causal_lm":
+        command, problems = vllm_advice(json.loads((peft_folder / PEFT_CONFIG_NAME).read_text()), peft_folder)
+        print(f"serve it with vLLM:\n  {command}")
+        for problem in problems:
+            print(f"warning: vLLM would refuse this adapter: {problem}.", file=sys.stderr)
     return written
 
 

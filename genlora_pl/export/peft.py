@@ -111,3 +111,29 @@ def export_peft(model: nn.Module, directory: str | os.PathLike, base_model_name:
         atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2) + "\n")
 
     return write_folder(directory, fill, owned={WEIGHTS_NAME, PEFT_CONFIG_NAME, CONFIG_NAME})
+
+
+# The ranks vLLM's ``--max-lora-rank`` accepts (its LoRAConfig); an adapter of rank r needs one >= r.
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_advice(config: dict[str, Any], folder: str | os.PathLike, name: str = "genlora") -> tuple[str, list[str]]:
+    """How to serve a PEFT folder with vLLM, and why vLLM would refuse it where it would: a rank
+    above the largest ``--max-lora-rank``, ``modules_to_save`` (vLLM loads LoRA weights only), DoRA."""
+    ranks = [config["r"], *(config.get("rank_pattern") or {}).values()]
+    rank = max(ranks)
+    problems = []
+    fitting = [n for n in VLLM_MAX_LORA_RANKS if n >= rank]
+    if not fitting:
+        problems.append(f"rank {rank} is above {VLLM_MAX_LORA_RANKS[-1]}, the largest --max-lora-rank vLLM accepts")
+    if config.get("modules_to_save"):
+        problems.append(
+            f"it trains modules_to_save {config['modules_to_save']}, which vLLM does not load (serve the merged model)"
+        )
+    if config.get("use_dora"):
+        problems.append("it is a DoRA adapter, which vLLM does not serve (serve the merged model)")
+    command = (
+        f"vllm serve {config.get('base_model_name_or_path')} --enable-lora --max-lora-rank "
+        f"{fitting[0] if fitting else rank} --lora-modules {name}={Path(folder).resolve()}"
+    )
+    return command, problems

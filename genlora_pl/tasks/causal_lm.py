@@ -1,7 +1,14 @@
 """Causal language models: instruction fine-tuning of any decoder-only Hugging Face model.
 
 The loss is next-token cross-entropy over the response tokens only (the data module labels prompt and
-padding ``-100``). Every evaluation (``validate``, ``test``, and the validation inside ``fit``)
+padding ``-100``), and only their logits are computed: a hook on the output head hands it the hidden
+states of labelled positions alone, so a step's logits take ``(response tokens, vocab)`` memory instead
+of ``(batch, tokens, vocab)`` in fp32 (about 10 GB at vocab 152 K, batch 32, 512 tokens). Packed
+batches (``position_ids`` restarting per example, no attention mask) go through the same path.
+
+The frozen base loads in ``dtype`` (bf16 on a CUDA GPU by default) or, with ``quantize: nf4``, with
+its linear weights in 4-bit NF4 (:mod:`genlora_pl.quantize`); adapters and the GenLoRA generator keep
+fp32 parameters either way. Every evaluation (``validate``, ``test``, and the validation inside ``fit``)
 reports, per split: ``loss``, ``perplexity`` (``exp`` of the mean token loss), ``token_acc`` (how often
 the most likely next token is the reference one) and ``exact_match``: the model answers every prompt
 by greedy decoding, in batches, and the data module scores the answers
@@ -10,7 +17,10 @@ prompts and generations, which the prediction writer saves as JSONL.
 
 Generation in ``test`` and ``predict`` runs on merged weights (the adapters folded into the base
 layers for the duration, then taken out again), so it costs what plain ``generate`` on the merged
-model costs; inside ``fit`` the adapters stay apart, as training needs them.
+model costs; inside ``fit`` the adapters stay apart, as training needs them. A base below fp32
+(bf16, fp16, NF4) is never merged in place: taking the update out again would not restore the
+rounded weights exactly, so generation runs with the adapters apart there. Generation stops at the
+end-of-turn token of the chat template as well as at end-of-sequence.
 """
 
 from __future__ import annotations
@@ -22,8 +32,17 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric, SumMetric
 
-from genlora_pl.backbones import BackboneSpec, build_causal_lm, check_causal, check_hf_source, hf_path, load_tokenizer
+from genlora_pl.backbones import (
+    BackboneSpec,
+    build_causal_lm,
+    check_causal,
+    check_hf_source,
+    hf_path,
+    load_tokenizer,
+    stop_ids,
+)
 from genlora_pl.injection import adapter_layers, merge_adapters, unmerge_adapters
+from genlora_pl.quantize import DTYPES, QUANTIZATIONS, frozen_bytes, quantize_nf4, resolve_dtype
 from genlora_pl.tasks.base import AdapterTask
 
 
@@ -35,6 +54,12 @@ class CausalLMModule(AdapterTask):
         max_new_tokens: the longest answer generated for exact match and ``predict``.
         generate_in_fit: also generate (exact match) in the validation inside ``fit``; off, fit
             reports loss, perplexity and token accuracy only (cheaper on a CPU).
+        dtype: the frozen base's dtype, loaded directly in it: ``auto`` (bfloat16 on a CUDA GPU that
+            has it, float32 elsewhere), ``float32``, ``bfloat16`` or ``float16``. Adapters stay fp32.
+        quantize: ``nf4`` keeps the base's linear weights in 4-bit NF4 (torchao; CPU and GPU); ``null``
+            keeps them in ``dtype``. The LM head and embeddings stay in ``dtype``.
+        base_model_id: the hub id the base came from, for exports' ``base_model_name_or_path`` when the
+            backbone is a local file or folder (a GGUF file's own metadata is read otherwise).
         **kwargs: the shared settings of :class:`~genlora_pl.tasks.base.AdapterTask` (pretrained,
             backbone_kwargs, optimizer, lr_scheduler, adapter_lr, compile, activation_checkpointing,
             fsdp_blocks, ...).
@@ -42,7 +67,20 @@ class CausalLMModule(AdapterTask):
 
     task: ClassVar[str] = "causal_lm"
 
-    def __init__(self, backbone: str, max_new_tokens: int = 32, generate_in_fit: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        backbone: str,
+        max_new_tokens: int = 32,
+        generate_in_fit: bool = True,
+        dtype: str = "auto",
+        quantize: str | None = None,
+        base_model_id: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if dtype != "auto" and dtype not in DTYPES:
+            raise ValueError(f"dtype={dtype!r} is not valid; choose auto, {', '.join(DTYPES)}.")
+        if quantize is not None and quantize not in QUANTIZATIONS:
+            raise ValueError(f"quantize={quantize!r} is not valid; choose {', '.join(QUANTIZATIONS)} or null.")
         spec = BackboneSpec.parse(backbone)
         if spec.library != "hf":
             build_causal_lm(backbone)  # raises the sentence for a non-hf backbone
@@ -54,6 +92,7 @@ class CausalLMModule(AdapterTask):
             raise ValueError(f"max_new_tokens={max_new_tokens!r} is not valid; give a positive number of tokens.")
         super().__init__(backbone, **kwargs)
         self._tokenizer: Any = None
+        self._labelled: torch.Tensor | None = None  # positions whose logits the head computes this step
         self.metrics = nn.ModuleDict(
             {
                 split: nn.ModuleDict(
@@ -85,22 +124,58 @@ class CausalLMModule(AdapterTask):
     def new_head(self, backbone: nn.Module) -> list[str]:
         return []  # the pretrained LM head stays as it is (often tied to the input embeddings)
 
+    @property
+    def base_dtype(self) -> torch.dtype:
+        trainer = self._trainer
+        device = trainer.strategy.root_device.type if trainer is not None else self.device.type
+        return resolve_dtype(self.hparams.get("dtype", "float32"), device)
+
     def build_backbone(self) -> nn.Module:
         hp = self.hparams
-        return build_causal_lm(self.backbone_name, hp.pretrained, hp.backbone_kwargs)
+        backbone = build_causal_lm(self.backbone_name, hp.pretrained, hp.backbone_kwargs, dtype=self.base_dtype)
+        if hp.get("quantize") == "nf4":
+            backbone.requires_grad_(False)
+            quantize_nf4(backbone)
+        head = backbone.get_output_embeddings()
+        if head is not None:
+            head.register_forward_pre_hook(self._labelled_only)
+        print(f"frozen base: {frozen_bytes(backbone) / 2**20:,.1f} MiB ({self.describe_base()})")
+        return backbone
+
+    def describe_base(self) -> str:
+        hp = self.hparams
+        dtype = str(self.base_dtype).removeprefix("torch.")
+        return f"{dtype}, linear weights in NF4" if hp.get("quantize") == "nf4" else dtype
+
+    def _labelled_only(self, head: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        """Forward pre-hook of the output head: while a loss is computed, only the hidden states that
+        predict a labelled token reach it (``(tokens, hidden)`` instead of ``(batch, length, hidden)``).
+        Inside the model's own forward, so FSDP, compile and a model's logit scaling all still apply."""
+        if self._labelled is None:
+            return None
+        hidden = args[0]
+        return (hidden[:, :-1][self._labelled], *args[1:])
 
     # ----------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        """The model's logits; a padding-free (packed) batch has ``position_ids`` and no attention mask."""
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+        return self.model(**inputs, use_cache=False).logits
 
     def losses(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per-token losses of the response tokens, whether the top prediction was right, and the mask."""
-        logits = self(batch)[:, :-1].float()
+        """Per-token losses of the response tokens, whether each top prediction was right, and how many
+        tokens were labelled. Only the labelled positions' logits are computed (and cast to fp32)."""
         labels = batch["labels"][:, 1:]
         mask = labels != -100
-        token_loss = F.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
-        correct = (logits.argmax(-1) == labels) & mask
-        return token_loss[mask], correct, mask
+        self._labelled = mask
+        try:
+            logits = self(batch).float()  # (labelled tokens, vocab)
+        finally:
+            self._labelled = None
+        target = labels[mask]
+        token_loss = F.cross_entropy(logits, target, reduction="none")
+        correct = logits.argmax(-1) == target
+        return token_loss, correct, mask.sum()
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         token_loss, _, _ = self.losses(batch)
@@ -109,11 +184,11 @@ class CausalLMModule(AdapterTask):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
-        token_loss, correct, mask = self.losses(batch)
+        token_loss, correct, count = self.losses(batch)
         metrics = self.metrics[split]
         metrics["loss"].update(token_loss.detach())
         metrics["correct"].update(correct.sum())
-        metrics["tokens"].update(mask.sum())
+        metrics["tokens"].update(count)
         if split == "test" or self.hparams.generate_in_fit or self.trainer.state.fn != "fit":
             generations = self.generate(batch)
             datamodule = self.trainer.datamodule
@@ -165,13 +240,19 @@ class CausalLMModule(AdapterTask):
             max_new_tokens=self.hparams.max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
+            eos_token_id=stop_ids(tokenizer),
         )
         new = output[:, batch["prompt_ids"].shape[1] :]
         return tokenizer.batch_decode(new, skip_special_tokens=True)
 
     def _merge_for_generation(self) -> None:
-        if adapter_layers(self.backbone):
+        layers = adapter_layers(self.backbone)
+        # only an fp32 base is restored exactly by unmerge (see the module docstring)
+        if (
+            layers
+            and all(type(layer.base_layer.weight.data) is torch.Tensor for layer in layers.values())
+            and all(layer.base_layer.weight.dtype == torch.float32 for layer in layers.values())
+        ):
             merge_adapters(self.backbone)
 
     def _unmerge_after_generation(self) -> None:

@@ -30,20 +30,22 @@ def data(path, backbone, **kw) -> InstructionData:
 def test_only_response_tokens_count_and_the_chat_template_frames_them(tmp_path, llama):
     d = data(write_sums(tmp_path / "s.jsonl", n=20), llama, max_length=32)
     d.setup()
-    record = d.splits["train"].records[0]
+    record = d.splits["train"][0]
     tok = d.tokenizer
     assert record["prompt"].startswith("user : what is the sum of") and record["prompt"].endswith("assistant : ")
     labelled = [t for t in record["labels"] if t != -100]
     assert tok.decode(labelled) == f"{record['answer']} <eos>"  # the answer and its end, nothing else
-    assert record["labels"][: len(record["prompt_ids"])] == [-100] * len(record["prompt_ids"])
-    assert record["input_ids"] == record["prompt_ids"] + labelled
+    prompt_ids = record["input_ids"][: record["prompt_length"]]
+    assert record["labels"][: len(prompt_ids)] == [-100] * len(prompt_ids)
+    assert record["input_ids"] == prompt_ids + labelled
+    assert prompt_ids == tok(record["prompt"], add_special_tokens=False)["input_ids"]
     assert tok.pad_token == "<eos>"  # a tokenizer without a pad token pads with its end token
 
 
 def test_without_a_chat_template_the_plain_template_is_used(tmp_path, plain_llama):
     d = data(write_sums(tmp_path / "s.jsonl", n=20), plain_llama, max_length=64)
     d.setup()
-    record = d.splits["train"].records[0]
+    record = d.splits["train"][0]
     assert record["prompt"] == PLAIN_TEMPLATE.format(prompt=record["prompt"].split("\n")[1])
 
 
@@ -52,15 +54,17 @@ def test_long_examples_lose_prompt_first_and_are_counted(tmp_path, llama, capsys
     rows += [{"prompt": "add 2 3", "response": "5"}] * 10
     path = tmp_path / "long.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    d = InstructionData(train_file=str(path), batch_size=2, max_length=16, backbone=f"hf:{llama}", val_fraction=0.1)
-    examples = d.tokenize("train", d.read(str(path)))
-    assert all(len(r["input_ids"]) <= 16 for r in examples.records)
-    long_prompt, long_answer = examples.records[0], examples.records[1]
+    d = InstructionData(train_file=str(path), val_file=str(path), test_file=str(path), batch_size=2, max_length=16,
+                        backbone=f"hf:{llama}")  # fmt: skip
+    d.setup()
+    examples = d.splits["train"]
+    assert all(len(examples[i]["input_ids"]) <= 16 for i in range(len(examples)))
+    long_prompt, long_answer = examples[0], examples[1]
     assert [t for t in long_prompt["labels"] if t != -100] == d.tokenizer("7")["input_ids"] + [2]  # answer whole
-    assert sum(t != -100 for t in long_answer["labels"]) == 16 - len(long_answer["prompt_ids"]) > 0  # cut, not dropped
+    assert sum(t != -100 for t in long_answer["labels"]) == 16 - long_answer["prompt_length"] > 0  # cut, not dropped
     # the long prompt is cut; the long answer keeps its short prompt whole and loses its end
     assert d.report["train"] == {"examples": 12, "prompts cut": 1, "responses cut": 1}
-    assert "1 of 12 prompts cut from the left and 1 responses cut at the end" in capsys.readouterr().out
+    assert "train: 1 of 12 prompts cut from the left and 1 responses cut at the end" in capsys.readouterr().out
 
 
 def test_bad_rows_name_file_line_and_fields(tmp_path, llama):
@@ -72,23 +76,57 @@ def test_bad_rows_name_file_line_and_fields(tmp_path, llama):
     for name, (text, message) in cases.items():
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=message):
-            data(tmp_path / name, llama)
+            data(tmp_path / name, llama).setup()
     (tmp_path / "latin.jsonl").write_bytes('{"prompt": "caf\xe9", "response": "1"}\n'.encode("latin-1"))
     with pytest.raises(ValueError, match="latin.jsonl is not UTF-8 text"):
-        data(tmp_path / "latin.jsonl", llama)
+        data(tmp_path / "latin.jsonl", llama).setup()
+    with pytest.raises(FileNotFoundError, match="missing.jsonl does not exist"):
+        data(tmp_path / "missing.jsonl", llama)  # at once, before any model loads
+    (tmp_path / "notes.txt").write_text("hello\n")
+    with pytest.raises(ValueError, match="notes.txt is not a .jsonl, .json, .csv, .tsv, .parquet file"):
+        data(tmp_path / "notes.txt", llama)
+    rows = '{"prompt": "add 1 2", "response": "3"}\n' * 5 + '{"prompt": "add 1 2", "response": ""}\n'
+    (tmp_path / "late.jsonl").write_text(rows)
+    with pytest.raises(ValueError, match="late.jsonl line 6 has an empty 'response'"):
+        data(tmp_path / "late.jsonl", llama).setup()
+    with pytest.raises(ValueError, match="test_fraction=0.5 is not valid beside val_fraction=0.5"):
+        data(tmp_path / "late.jsonl", llama, val_fraction=0.5, test_fraction=0.5)
     (tmp_path / "short.jsonl").write_text('{"prompt": "what is the sum of 1 and 2", "response": "3"}\n' * 12)
     with pytest.raises(ValueError, match="max_length=4 is shorter than every prompt"):
         data(tmp_path / "short.jsonl", llama, max_length=4).setup()
 
 
-def test_csv_and_chat_messages_are_read(tmp_path, llama):
+def pairs(path, llama, **kw) -> list[tuple[str, str]]:
+    """(prompt text, answer) of every row of a file, in order."""
+    d = data(path, llama, val_file=str(path), test_file=str(path), **kw)
+    d.setup()
+    return [(d.splits["train"][i]["prompt"], d.splits["train"][i]["answer"]) for i in range(len(d.splits["train"]))]
+
+
+def test_every_file_format_and_column_mapping_is_read(tmp_path, llama):
+    expected = [("user : add 1 2 assistant : ", "3"), ("user : add 2 2 assistant : ", "4")]
+    rows = [{"question": "add 1 2", "answer": "3"}, {"question": "add 2 2", "answer": "4"}]
     (tmp_path / "d.csv").write_text("question,answer\nadd 1 2,3\nadd 2 2,4\n")
-    d = data(tmp_path / "d.csv", llama, prompt_field="question", response_field="answer")
-    assert d.read(str(tmp_path / "d.csv")) == [("add 1 2", "3"), ("add 2 2", "4")]
+    (tmp_path / "d.tsv").write_text("question\tanswer\nadd 1 2\t3\nadd 2 2\t4\n")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "d.json").write_text(json.dumps(rows, indent=2))  # one array (Alpaca's layout)
+    from datasets import Dataset, DatasetDict
+
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "d.parquet"))
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    splits = {name: Dataset.from_list(rows) for name in ("train", "validation", "test")}
+    DatasetDict(splits).save_to_disk(str(tmp_path / "saved_dict"))
+    for name in ("d.csv", "d.tsv", "d.jsonl", "d.json", "d.parquet", "saved", "saved_dict"):
+        assert pairs(tmp_path / name, llama, prompt_field="question", response_field="answer") == expected, name
+    d = data(tmp_path / "saved_dict", llama, prompt_field="question", response_field="answer")
+    assert d.files["val"] == d.files["test"] == str(tmp_path / "saved_dict")  # its own splits, not carved ones
+    alpaca = [{"instruction": "add", "input": "1 2", "output": "3"}, {"instruction": "add 2 2", "input": "", "output": "4"}]
+    (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
+    got = pairs(tmp_path / "alpaca.json", llama, prompt_field=["instruction", "input"], response_field="output")
+    assert got == [("user : add\n\n1 2 assistant : ", "3"), expected[1]]  # an empty input is left out
     chat = {"messages": [{"role": "user", "content": "add 1 2"}, {"role": "assistant", "content": "3"}]}
     (tmp_path / "chat.jsonl").write_text(json.dumps(chat) + "\n")
-    prompt, response = data(tmp_path / "chat.jsonl", llama).read(str(tmp_path / "chat.jsonl"))[0]
-    assert prompt == [{"role": "user", "content": "add 1 2"}] and response == "3"
+    assert pairs(tmp_path / "chat.jsonl", llama) == expected[:1]
 
 
 def test_training_batches_group_similar_lengths_and_resume(tmp_path):
@@ -111,7 +149,7 @@ def test_scoring_with_answer_extractors(tmp_path, llama):
     assert last_number("so the answer is 1,234.") == "1234" and last_number("no digits") == "no digits"
     d = data(write_sums(tmp_path / "s.jsonl", n=20), llama, answer_extractor="last_number")
     d.setup()
-    records = d.splits["val"].records
+    records = [d.splits["val"][i] for i in range(len(d.splits["val"]))]
     generations = [f"the sum is {r['answer']}" for r in records]
     assert d.score("val", list(range(len(records))), generations) == [1.0] * len(records)
     assert d.score("val", [0], ["nothing"]) == [0.0]
@@ -123,17 +161,17 @@ def test_reasoning_gym_tasks_are_generated_offline_and_scored_by_their_checker(l
     d = ReasoningGymData(task="chain_sum", train_size=20, val_size=5, test_size=5, batch_size=4, backbone=f"hf:{llama}")
     d.setup()
     assert {k: len(v) for k, v in d.splits.items()} == {"train": 20, "val": 5, "test": 5}
-    held_out = [r["prompt"] for split in ("val", "test") for r in d.splits[split].records]
+    held_out = [d.splits[split][i]["prompt"] for split in ("val", "test") for i in range(5)]
     assert len(set(held_out)) == 10  # no repeats among the held-out problems ...
-    assert not set(held_out) & {r["prompt"] for r in d.splits["train"].records}  # ... nor of training ones
-    right = [r["answer"] for r in d.splits["test"].records]
+    assert not set(held_out) & {d.splits["train"][i]["prompt"] for i in range(20)}  # ... nor of training ones
+    right = [d.splits["test"][i]["answer"] for i in range(5)]
     assert d.score("test", list(range(5)), right) == [1.0] * 5
     assert d.score("test", [0], ["not a number"]) == [0.0]
     arithmetic = ReasoningGymData(
         task="basic_arithmetic", train_size=20, val_size=5, test_size=5, backbone=f"hf:{llama}"
     )
     arithmetic.setup()
-    answer = arithmetic.splits["val"].records[0]["answer"]
+    answer = arithmetic.splits["val"][0]["answer"]
     assert 0 < arithmetic.sources["val"].score_answer(f"{answer}.0", arithmetic._entries["val"][0]) < 1
     assert arithmetic.score("val", [0], [f"{answer}.0"]) == [0.0]  # partial credit is not an exact match
     with pytest.raises(ValueError, match="task='no_such_task'"):
