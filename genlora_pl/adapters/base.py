@@ -22,6 +22,7 @@ Supported base layers and what ``m``, ``n`` mean for them:
 
 from __future__ import annotations
 
+import math
 import sys
 import zlib
 from typing import ClassVar
@@ -84,7 +85,7 @@ def layer_dims(module: nn.Module, kind: str) -> tuple[int, int]:
     w = module.weight
     if kind == "conv1d":
         return w.shape[1], w.shape[0]
-    return w.shape[0], w[0].numel()
+    return w.shape[0], math.prod(w.shape[1:])  # from the shape alone: a 4-bit weight cannot be indexed
 
 
 def layer_seed(seed: int, path: str) -> int:
