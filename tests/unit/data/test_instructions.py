@@ -120,7 +120,10 @@ def test_every_file_format_and_column_mapping_is_read(tmp_path, llama):
         assert pairs(tmp_path / name, llama, prompt_field="question", response_field="answer") == expected, name
     d = data(tmp_path / "saved_dict", llama, prompt_field="question", response_field="answer")
     assert d.files["val"] == d.files["test"] == str(tmp_path / "saved_dict")  # its own splits, not carved ones
-    alpaca = [{"instruction": "add", "input": "1 2", "output": "3"}, {"instruction": "add 2 2", "input": "", "output": "4"}]
+    alpaca = [
+        {"instruction": "add", "input": "1 2", "output": "3"},
+        {"instruction": "add 2 2", "input": "", "output": "4"},
+    ]
     (tmp_path / "alpaca.json").write_text(json.dumps(alpaca))
     got = pairs(tmp_path / "alpaca.json", llama, prompt_field=["instruction", "input"], response_field="output")
     assert got == [("user : add\n\n1 2 assistant : ", "3"), expected[1]]  # an empty input is left out
