@@ -193,22 +193,28 @@ def wait_for(predicate, timeout: float, what: str) -> None:
 LM_WORDS = ["add", "sub", "what", "is", "the", "sum", "of", "and", "answer", "please", "user", "assistant", ":"]
 
 
-def write_tiny_llama(folder: Path, chat_template: bool = True) -> Path:
+def write_tiny_llama(folder: Path, chat_template: bool = True, turn_end: bool = False) -> Path:
     """A 2-layer Llama with a word-level tokenizer (digits and a few words), saved with
     save_pretrained: an offline ``hf:`` causal LM. The tokenizer has no pad token on purpose (many
-    causal LMs do not), and a chat template when asked."""
+    causal LMs do not), and a chat template when asked; with ``turn_end`` the template ends an
+    assistant turn with a special ``<end>`` token, not with ``<eos>`` (as Llama 3's ``<|eot_id|>``)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
-    vocab = {w: i for i, w in enumerate(["<unk>", "<bos>", "<eos>", *LM_WORDS, *[str(d) for d in range(20)]])}
+    words = ["<unk>", "<bos>", "<eos>", *LM_WORDS, *[str(d) for d in range(20)], *(["<end>"] if turn_end else [])]
+    vocab = {w: i for i, w in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     core.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", unk_token="<unk>")
+    if turn_end:
+        tokenizer.add_tokens(["<end>"], special_tokens=True)
     if chat_template:
+        end = "<end> " if turn_end else "{{ eos_token }}"
         tokenizer.chat_template = (
             "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% if m['role'] == 'assistant' %}"
-            "{{ eos_token }}{% endif %}{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
+            + end
+            + "{% endif %}{% endfor %}{% if add_generation_prompt %}assistant : {% endif %}"
         )
     tokenizer.save_pretrained(folder)
     config = LlamaConfig(

@@ -40,6 +40,7 @@ import json
 import math
 import re
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,22 +243,30 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
     return h.hexdigest()[:16]
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while data was prepared (a KeyboardInterrupt, so that datasets removes the cache
+    file it was writing, as it does on Ctrl-C)."""
+
+
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[None]:
     """SIGTERM ends the process at once (status 143) while data is prepared: Lightning's own handler
     only marks the signal for the training loop, which would see it after preparation, possibly
-    long after a cluster's grace period. datasets writes its cache files beside their place and
-    renames them when complete, so nothing half-written is left behind."""
+    long after a cluster's grace period. datasets writes its cache files beside their place, renames
+    them when complete and deletes them when interrupted, so nothing half-written is left behind."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def stop(signum: int, frame: Any) -> None:
-        raise SystemExit(143)
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         yield
+    except Terminated:
+        print("SIGTERM while preparing the data: stopped; nothing was cached half-way.", file=sys.stderr)
+        raise SystemExit(143) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -512,7 +521,7 @@ class InstructionData(DataModule):
 
     def tokenize(self, table: Any, source: str) -> Examples:
         """``table`` tokenised by a batched ``Dataset.map`` (cached under :meth:`cache_key`)."""
-        with stop_on_sigterm(), unicode_errors_named(source):
+        with unicode_errors_named(source):
             tokens = table.map(
                 self.encoder(source),
                 batched=True,
@@ -528,7 +537,8 @@ class InstructionData(DataModule):
 
     def tokenized(self, split: str) -> Examples:
         if split not in self._prepared:
-            self._prepared[split] = self.tokenize(self.raw(split), self.files[split])
+            with stop_on_sigterm():
+                self._prepared[split] = self.tokenize(self.raw(split), self.files[split])
         return self._prepared[split]
 
     def prepare_data(self) -> None:

