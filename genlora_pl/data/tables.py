@@ -65,12 +65,15 @@ def diagnose(path: Path) -> str | None:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                return f"{path} is not UTF-8 text (line {number}, byte {err.start}); save it as UTF-8."
+                return f"{path} is not UTF-8 text (byte {err.start} of line {number}); save it as UTF-8."
             if path.suffix == ".jsonl" and line.strip():
                 try:
-                    json.loads(line)
+                    json.loads(line.rstrip("\r\n"))
                 except json.JSONDecodeError as err:
-                    return f"{path} line {number} is not valid JSON ({err.msg}); every line must hold one object."
+                    return (
+                        f"{path} line {number} is not valid JSON ({err.msg} at column {err.colno}); "
+                        "each line must be one JSON object."
+                    )
     if path.suffix == ".json":
         try:
             with open(path, encoding="utf-8") as f:
@@ -78,6 +81,25 @@ def diagnose(path: Path) -> str | None:
         except json.JSONDecodeError as err:
             return f"{path} is not valid JSON (line {err.lineno}: {err.msg}); give JSON lines or one array of objects."
     return None
+
+
+def csv_options(path: Path) -> dict[str, Any]:
+    """Every CSV/TSV cell is read as the text it is: "007", "3.50" and "NA" stay strings (pandas would
+    make them 7, 3.5 and a missing value: a wrong reference answer)."""
+    import csv
+
+    from datasets import Features, Value
+
+    delimiter = "\t" if path.suffix == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f, delimiter=delimiter), [])
+    except UnicodeDecodeError:
+        header = []  # the converter fails next, and diagnose() names the byte
+    options: dict[str, Any] = {"delimiter": delimiter, "keep_default_na": False, "na_filter": False}
+    if header and len(set(header)) == len(header):
+        options["features"] = Features({name: Value("string") for name in header})
+    return options
 
 
 def load_table(source: str, split: str = "train", cache_dir: str | None = None) -> Any:
@@ -100,7 +122,7 @@ def load_table(source: str, split: str = "train", cache_dir: str | None = None) 
                 "read."
             )
         builder = FORMATS[path.suffix]
-        options = {"delimiter": "\t"} if path.suffix == ".tsv" else {}
+        options = csv_options(path) if builder == "csv" else {}
         try:
             with quiet_datasets():
                 return datasets.load_dataset(

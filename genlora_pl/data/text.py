@@ -1,4 +1,5 @@
-"""Text classification data: CSV / JSONL files and the offline corpora (BBC News, tweet sentiment).
+"""Text classification data: files read through HF ``datasets`` (CSV, TSV, JSONL, JSON, parquet,
+save_to_disk folders) and the offline corpora (BBC News, tweet sentiment).
 
 Texts are tokenised per batch by the backbone's own tokenizer (dynamic padding to the longest
 text in the batch, truncation at ``max_length``), so nothing is cached on disk.
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from genlora_pl.backbones import hf_path
 from genlora_pl.data.base import ClassificationData, seeded_split
+from genlora_pl.data.tables import load_table, looks_local
 
 
 class TextDataset(Dataset):
@@ -82,47 +83,20 @@ def deduplicate(texts: list[str], labels: list[int]) -> TextDataset:
     return TextDataset([t for t, _ in kept], [y for _, y in kept])
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """The objects of a JSON-lines file; a broken line is a ValueError naming the file and line."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text (byte {err.start}); save it as UTF-8.") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(
-                f"{path} line {number} is not valid JSON ({err.msg} at column {err.colno}); "
-                "each line must be one JSON object."
-            ) from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path} line {number} is a JSON {type(row).__name__}, not an object with named fields.")
-        rows.append(row)
-    return rows
-
-
 def read_records(path: str | Path, text_column: str, label_column: str) -> list[tuple[str, str]]:
-    """``(text, label)`` rows of a CSV (header row) or JSONL file; a missing column is an error."""
-    path = Path(path)
-    if not path.is_file():
+    """``(text, label)`` rows of any source :func:`~genlora_pl.data.tables.load_table` reads (CSV, TSV,
+    JSONL, JSON, parquet, a save_to_disk folder); a missing column is an error naming the columns."""
+    source = str(path)
+    if not Path(source).expanduser().exists() and looks_local(source):
         raise FileNotFoundError(
-            f"{path} does not exist; give a CSV or JSONL file with {text_column!r} and {label_column!r}."
+            f"{source} does not exist; give a CSV, JSONL or parquet file with {text_column!r} and {label_column!r}."
         )
-    if path.suffix in (".jsonl", ".json"):
-        rows = read_jsonl(path)
-    elif path.suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8", errors="replace") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    else:
-        raise ValueError(f"{path} is neither .csv, .tsv nor .jsonl; those are the text formats read.")
+    table = load_table(source)
     for column in (text_column, label_column):
-        if rows and column not in rows[0]:
-            raise ValueError(f"{path} has no column {column!r}; its columns are {sorted(rows[0])}.")
-    return [(str(r[text_column]), str(r[label_column])) for r in rows]
+        if column not in table.column_names:
+            raise ValueError(f"{source} has no column {column!r}; its columns are {sorted(table.column_names)}.")
+    texts, labels = table[text_column], table[label_column]
+    return [(str(t), str(y)) for t, y in zip(texts, labels, strict=True)]
 
 
 class TextClassificationData(TextData):
