@@ -401,13 +401,18 @@ def build_backbone(
 
 
 def build_causal_lm(
-    backbone: str, pretrained: bool = True, kwargs: dict[str, Any] | None = None, dtype: Any = None
+    backbone: str,
+    pretrained: bool = True,
+    kwargs: dict[str, Any] | None = None,
+    dtype: Any = None,
+    empty: bool = False,
 ) -> nn.Module:
     """A decoder-only language model with its LM head (``AutoModelForCausalLM``), its weights loaded
     directly in ``dtype`` (fp32 by default): a 7 B model in bf16 never passes through 28 GB of fp32.
 
     ``hf:`` names a hub id, a ``save_pretrained`` folder, a ``.gguf`` file or a folder holding one
-    (dequantized and cached as a plain folder, see :func:`converted_gguf`)."""
+    (dequantized and cached as a plain folder, see :func:`converted_gguf`). With ``empty`` the
+    parameters stay on the meta device (buffers are real) for :func:`meta_filler` to fill later."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -421,9 +426,76 @@ def build_causal_lm(
     path = hf_path(spec.name)
     config = AutoConfig.from_pretrained(path, **(kwargs or {}))
     check_causal(config, backbone)
+    if empty:
+        from accelerate import init_empty_weights
+
+        with init_empty_weights(include_buffers=False):
+            return AutoModelForCausalLM.from_config(config, dtype=dtype)
     if pretrained:
         return from_pretrained_quietly(AutoModelForCausalLM, path, config=config, dtype=dtype)
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
+
+
+class FolderTensors:
+    """The tensors of a ``save_pretrained`` folder's safetensors files, read one at a time (the files
+    are memory-mapped: reading one tensor does not load the others)."""
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        import json
+
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        elif (self.folder / "model.safetensors").is_file():
+            files = ["model.safetensors"]
+        else:
+            raise FileNotFoundError(f"{self.folder} holds no safetensors weights to fill an empty model from.")
+        self.handles = [safe_open(str(self.folder / f), framework="pt") for f in files]
+        self.where = {key: handle for handle in self.handles for key in handle.keys()}  # noqa: SIM118
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.where
+
+    def get(self, key: str) -> Any:
+        return self.where[key].get_tensor(key)
+
+
+def meta_filler(model: nn.Module, backbone: str, dtype: Any) -> Any:
+    """A function that gives the meta parameters of a module of ``model`` (built with ``empty``) their
+    values from the backbone's checkpoint, in ``dtype``: what :func:`distributed.shard_fsdp2` calls
+    block by block. Tied parameters (an LM head sharing the embeddings) are filled once for all their
+    owners. A parameter the checkpoint lacks is a ValueError naming it."""
+    import torch
+
+    tensors = FolderTensors(hf_path(BackboneSpec.parse(backbone).name))
+    names: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(param), []).append(name.replace(".base_layer.", "."))
+    filled: dict[int, nn.Parameter] = {}
+
+    @torch.no_grad()
+    def fill(module: nn.Module) -> None:
+        for sub in module.modules():
+            for attr, param in list(sub._parameters.items()):
+                if param is None or not param.is_meta:
+                    continue
+                if id(param) not in filled:
+                    key = next((n for n in names.get(id(param), []) if n in tensors), None)
+                    if key is None:
+                        raise ValueError(
+                            f"{backbone}: the checkpoint has no tensor for {names.get(id(param), ['?'])[0]}; "
+                            "it cannot be built empty and filled (drop the FSDP2 strategy or check the folder)."
+                        )
+                    value = tensors.get(key).to(dtype)
+                    if tuple(value.shape) != tuple(param.shape):
+                        raise ValueError(f"{backbone}: {key} has shape {tuple(value.shape)}, not {tuple(param.shape)}.")
+                    filled[id(param)] = nn.Parameter(value, requires_grad=param.requires_grad)
+                sub._parameters[attr] = filled[id(param)]
+
+    return fill
 
 
 def check_causal(config: Any, backbone: str) -> None:

@@ -8,7 +8,7 @@ checkpointing recomputes), and how to see full parameters of a sharded model for
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -43,17 +43,27 @@ def transformer_blocks(model: nn.Module, class_names: list[str] | None = None) -
     return best
 
 
-def shard_fsdp2(model: nn.Module, mesh: Any, class_names: list[str] | None = None) -> int:
+def shard_fsdp2(
+    model: nn.Module, mesh: Any, class_names: list[str] | None = None, fill: Callable[[nn.Module], None] | None = None
+) -> int:
     """``fully_shard`` each block, then the whole model (FSDP2); returns the number of blocks.
 
     Adapters live inside the blocks, so they are sharded with them and trained like any other
     parameter; frozen base weights carry no gradient, so FSDP2 keeps no gradient shard for them.
+
+    A model built on the meta device passes ``fill``, which gives a module's meta parameters their
+    real values; each block is filled right before it is sharded, so a rank holds its shards plus
+    one full block at a time, never a full copy of the model.
     """
     from torch.distributed.fsdp import fully_shard
 
     blocks = transformer_blocks(model, class_names)
     for block in blocks:
+        if fill is not None:
+            fill(block)
         fully_shard(block, mesh=mesh)
+    if fill is not None:
+        fill(model)  # what is outside the blocks: embeddings, final norm, head
     fully_shard(model, mesh=mesh)
     return len(blocks)
 

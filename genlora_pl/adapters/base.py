@@ -88,6 +88,14 @@ def layer_dims(module: nn.Module, kind: str) -> tuple[int, int]:
     return w.shape[0], math.prod(w.shape[1:])  # from the shape alone: a 4-bit weight cannot be indexed
 
 
+def real_device(base_layer: nn.Module) -> torch.device:
+    """Where an adapter's own tensors go: beside the base weight, or on the CPU when the base is still
+    on the meta device (a large model built empty and filled shard by shard, see
+    ``distributed.shard_fsdp2``): adapters are small, and made real they are initialised at once."""
+    device = base_layer.weight.device
+    return torch.device("cpu") if device.type == "meta" else device
+
+
 def layer_seed(seed: int, path: str) -> int:
     """A per-layer seed that depends on the layer's name, not on injection order."""
     return (seed * 1_000_003 + zlib.crc32(path.encode())) % (2**63)
@@ -126,7 +134,7 @@ class AdapterLayer(nn.Module):
         self.dense_update = self.out_features * self.in_features <= self.r * (self.out_features + self.in_features)
         self.merged = False
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
-        device = base_layer.weight.device
+        device = real_device(base_layer)
         # Annealing knobs; buffers so that checkpoints, DDP and FSDP carry them.
         self.register_buffer("gate", torch.ones((), device=device))
         self.register_buffer("temperature", torch.ones((), device=device))

@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from genlora_pl.adapters.base import AdapterLayer
+from genlora_pl.adapters.base import AdapterLayer, real_device
 from genlora_pl.adapters.config import AdapterConfig, register
 
 KERNELS = ("gaussian", "inverse_quadratic", "inverse_multiquadric")
@@ -301,7 +301,7 @@ class GenLoRALayer(AdapterLayer):
     def __init__(self, base_layer: nn.Module, config: GenLoRAConfig, path: str) -> None:
         super().__init__(base_layer, config, path)
         r, g, m, n = config.r, config.group_size, self.out_features, self.in_features
-        device = base_layer.weight.device
+        device = real_device(base_layer)
         shapes = {"latent_A": (n, g), "latent_B": (m, g), "centers_A": (r, g), "centers_B": (r, g)}
         shapes |= {name: (r,) for name in ("log_widths_A", "log_widths_B", "amps_A", "amps_B")}
         for name in GENERATOR:

@@ -13,7 +13,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from genlora_pl.adapters.base import AdapterLayer
+from genlora_pl.adapters.base import AdapterLayer, real_device
 from genlora_pl.adapters.config import AdapterConfig, register
 
 
@@ -30,7 +30,7 @@ class LoRALayer(AdapterLayer):
 
     def __init__(self, base_layer: nn.Module, config: LoRAConfig, path: str) -> None:
         super().__init__(base_layer, config, path)
-        device = base_layer.weight.device
+        device = real_device(base_layer)
         self.lora_A = nn.Parameter(torch.empty(config.r, self.in_features, device=device))
         self.lora_B = nn.Parameter(torch.empty(self.out_features, config.r, device=device))
         if device.type != "meta":

@@ -165,18 +165,22 @@ class Encoder:
         return pieces, self.render(messages[: turns[-1]], True)
 
     def encode(self, messages: list[dict[str, str]], where: str) -> dict[str, Any]:
-        tok = self.tokenizer
+        """One conversation's token columns (see :meth:`assemble`)."""
         pieces, prompt_text = self.pieces(messages, where)
+        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t, _ in pieces]
+        return self.assemble(ids, [trained for _, trained in pieces], prompt_text, messages[-1]["content"])
+
+    def assemble(self, pieces: list[list[int]], trained: list[bool], prompt_text: str, answer: str) -> dict[str, Any]:
+        """The pieces' tokens in order, each trained turn followed by the end-of-turn token and
+        labelled, everything else ``-100``; then cut to ``max_length`` (see the module docstring)."""
+        end = [self.end] if self.end is not None else []
         ids: list[int] = []
         labels: list[int] = []
-        for text, trained in pieces[:-1]:
-            piece = tok(text, add_special_tokens=False)["input_ids"] if text else []
-            if trained:
-                piece = piece + ([self.end] if self.end is not None else [])
+        for piece, is_trained in zip(pieces[:-1], trained[:-1], strict=True):
+            piece = piece + end if is_trained else piece
             ids += piece
-            labels += piece if trained else [-100] * len(piece)
-        end = [self.end] if self.end is not None else []
-        response = tok(pieces[-1][0], add_special_tokens=False)["input_ids"] + end
+            labels += piece if is_trained else [-100] * len(piece)
+        response = pieces[-1] + end
         context_tokens = len(ids)
         room, prompt_cut, response_cut = self.max_length, False, False
         if len(ids) + len(response) > room:
@@ -196,17 +200,26 @@ class Encoder:
             "prompt_tokens": context_tokens,
             "length": len(ids) + len(response),
             "prompt": prompt_text,
-            "answer": messages[-1]["content"],
+            "answer": answer,
             "prompt_cut": prompt_cut,
             "response_cut": response_cut,
         }
 
     def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
-        out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        """A batch of rows: templates rendered row by row, every piece of text of the batch tokenised
+        in one call (the fast tokenizer's batch encoding runs in Rust, in parallel)."""
+        rows = []
         for j, index in enumerate(indices):
             row = {key: values[j] for key, values in batch.items()}
-            where = f"{self.source} {row_name(self.source, index)}"
-            for key, value in self.encode(self.messages(row, index), where).items():
+            messages = self.messages(row, index)
+            pieces, prompt_text = self.pieces(messages, f"{self.source} {row_name(self.source, index)}")
+            rows.append((pieces, prompt_text, messages[-1]["content"]))
+        texts = [text for pieces, _, _ in rows for text, _ in pieces]
+        encoded = iter(self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else [])
+        out: dict[str, list[Any]] = {name: [] for name in COLUMNS}
+        for pieces, prompt_text, answer in rows:
+            ids = [next(encoded) for _ in pieces]  # an empty text encodes to no tokens
+            for key, value in self.assemble(ids, [t for _, t in pieces], prompt_text, answer).items():
                 out[key].append(value)
         return out
 

@@ -155,6 +155,12 @@ class AdapterTask(L.LightningModule):
         """The task's backbone, built from the hyper-parameters (the frozen weights included)."""
         raise NotImplementedError
 
+    def build_empty_backbone(self) -> tuple[nn.Module, Callable[[nn.Module], None]] | None:
+        """For FSDP2: the backbone with its parameters on the meta device, and the function that fills
+        a module's meta parameters from the checkpoint (called block by block as they are sharded);
+        None where the task cannot build one (then every rank loads it whole first)."""
+        return None
+
     def new_head(self, backbone: nn.Module) -> list[str]:
         """The modules the task adds to the pretrained model and must train in full (what the
         adapter callback's ``modules_to_save: head`` means): a classifier's head."""
@@ -170,7 +176,9 @@ class AdapterTask(L.LightningModule):
         if self.backbone is not None:
             return
         hp = self.hparams
-        backbone = self.build_backbone()
+        mesh = self.device_mesh  # set by ModelParallelStrategy only
+        empty = self.build_empty_backbone() if mesh is not None else None
+        backbone, fill = empty if empty is not None else (self.build_backbone(), None)
         if hp.head_only:
             heads = head_names(backbone)
             backbone.requires_grad_(False)
@@ -182,9 +190,11 @@ class AdapterTask(L.LightningModule):
             fn(backbone)
         if hp.activation_checkpointing:
             enable_activation_checkpointing(backbone)
-        mesh = self.device_mesh  # set by ModelParallelStrategy only
         if mesh is not None:
-            shard_fsdp2(backbone, mesh["data_parallel"], hp.fsdp_blocks)
+            shard_fsdp2(backbone, mesh["data_parallel"], hp.fsdp_blocks, fill=fill)
+            left = [n for n, p in backbone.named_parameters() if p.is_meta]
+            if left:
+                raise ValueError(f"{len(left)} parameters were never filled after sharding (e.g. {left[0]}).")
         # Kept out of nn.Module registration: a second name for the backbone would duplicate every
         # key of the state dict.
         self.__dict__["_compiled"] = torch.compile(backbone, mode=hp.get("compile_mode")) if hp.compile else None

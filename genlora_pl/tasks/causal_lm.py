@@ -39,6 +39,7 @@ from genlora_pl.backbones import (
     check_hf_source,
     hf_path,
     load_tokenizer,
+    meta_filler,
     stop_ids,
 )
 from genlora_pl.injection import adapter_layers, merge_adapters, unmerge_adapters
@@ -136,11 +137,26 @@ class CausalLMModule(AdapterTask):
         if hp.get("quantize") == "nf4":
             backbone.requires_grad_(False)
             quantize_nf4(backbone)
+        self._hook_head(backbone)
+        print(f"frozen base: {frozen_bytes(backbone) / 2**20:,.1f} MiB ({self.describe_base()})")
+        return backbone
+
+    def build_empty_backbone(self) -> tuple[nn.Module, Any] | None:
+        """The base on the meta device, filled shard by shard from its safetensors folder (a pretrained,
+        unquantized base; NF4 quantizes whole weights, so it loads in full first)."""
+        hp = self.hparams
+        if not hp.pretrained or hp.get("quantize"):
+            return None
+        name = self.backbone_name
+        backbone = build_causal_lm(name, hp.pretrained, hp.backbone_kwargs, dtype=self.base_dtype, empty=True)
+        self._hook_head(backbone)
+        print(f"frozen base: built empty, filled block by block as FSDP2 shards it ({self.describe_base()})")
+        return backbone, meta_filler(backbone, name, self.base_dtype)
+
+    def _hook_head(self, backbone: nn.Module) -> None:
         head = backbone.get_output_embeddings()
         if head is not None:
             head.register_forward_pre_hook(self._labelled_only)
-        print(f"frozen base: {frozen_bytes(backbone) / 2**20:,.1f} MiB ({self.describe_base()})")
-        return backbone
 
     def describe_base(self) -> str:
         hp = self.hparams
