@@ -436,14 +436,20 @@ def build_causal_lm(
     return AutoModelForCausalLM.from_config(config, dtype=dtype)
 
 
+SAFETENSORS_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+                      "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}  # fmt: skip
+
+
 class FolderTensors:
-    """The tensors of a ``save_pretrained`` folder's safetensors files, read one at a time (the files
-    are memory-mapped: reading one tensor does not load the others)."""
+    """The tensors of a ``save_pretrained`` folder's safetensors files, read one at a time with plain
+    reads. (``safetensors.safe_open`` memory-maps the file, and every page it touches stays in the
+    process's resident memory until the file is closed: on every rank, the size of the whole model.)
+    The format is an 8-byte header length, a JSON header of ``dtype``, ``shape`` and ``data_offsets``
+    per tensor, then the data."""
 
     def __init__(self, folder: str | os.PathLike) -> None:
         import json
-
-        from safetensors import safe_open
+        import struct
 
         self.folder = Path(folder)
         index = self.folder / "model.safetensors.index.json"
@@ -453,14 +459,33 @@ class FolderTensors:
             files = ["model.safetensors"]
         else:
             raise FileNotFoundError(f"{self.folder} holds no safetensors weights to fill an empty model from.")
-        self.handles = [safe_open(str(self.folder / f), framework="pt") for f in files]
-        self.where = {key: handle for handle in self.handles for key in handle.keys()}  # noqa: SIM118
+        self.where: dict[str, tuple[Path, int, dict[str, Any]]] = {}
+        for name in files:
+            path = self.folder / name
+            with open(path, "rb") as f:
+                (size,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(size))
+            header.pop("__metadata__", None)
+            self.where.update({key: (path, 8 + size, entry) for key, entry in header.items()})
 
     def __contains__(self, key: str) -> bool:
         return key in self.where
 
     def get(self, key: str) -> Any:
-        return self.where[key].get_tensor(key)
+        import torch
+
+        path, data_start, entry = self.where[key]
+        begin, end = entry["data_offsets"]
+        buffer = bytearray(end - begin)
+        with open(path, "rb") as f:
+            f.seek(data_start + begin)
+            f.readinto(buffer)
+        dtype = getattr(torch, SAFETENSORS_DTYPES[entry["dtype"]])
+        return (
+            torch.frombuffer(buffer, dtype=dtype).reshape(entry["shape"])
+            if buffer
+            else torch.empty(entry["shape"], dtype=dtype)
+        )
 
 
 def meta_filler(model: nn.Module, backbone: str, dtype: Any) -> Any:
@@ -494,6 +519,8 @@ def meta_filler(model: nn.Module, backbone: str, dtype: Any) -> Any:
                         raise ValueError(f"{backbone}: {key} has shape {tuple(value.shape)}, not {tuple(param.shape)}.")
                     filled[id(param)] = nn.Parameter(value, requires_grad=param.requires_grad)
                 sub._parameters[attr] = filled[id(param)]
+                if len(names.get(id(param), [])) < 2:  # not tied: sharding frees the full tensor, keep no reference
+                    del filled[id(param)]
 
     return fill
 

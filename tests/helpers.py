@@ -98,6 +98,33 @@ class RankDump(L.Callback):
         save_file(state, str(self.folder / f"rank{trainer.global_rank}.safetensors"))
 
 
+class BuildMemory(L.Callback):
+    """Records how far this rank's resident memory rose while the model was built and wrapped:
+    the peak RSS at ``on_fit_start`` less the RSS at ``setup`` (which runs before ``configure_model``),
+    into ``build_memory<rank>.json`` (``class_path: helpers.BuildMemory``)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.before = 0
+
+    @staticmethod
+    def rss() -> int:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self.before = self.rss()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import json
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        path = self.folder / f"build_memory{trainer.global_rank}.json"
+        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+        kinds = {k: status[k].strip() for k in ("RssAnon", "RssFile", "VmHWM") if k in status}
+        path.write_text(json.dumps({"before": self.before, "peak": peak, "growth": peak - self.before, **kinds}))
+
+
 class Sleep(L.Callback):
     """Pauses after every training batch (``class_path: helpers.Sleep``) and marks the pause with a
     file ``sleeping<rank>`` in ``marker_dir``, so a test can signal a CPU DDP job while every rank is
