@@ -155,17 +155,22 @@ def precision(args: argparse.Namespace) -> None:
     train = write_rows(work / f"rows_{args.sizes[0]}_{args.prompt_words}.jsonl", args.sizes[0], args.prompt_words)
     cache = work / "cache-precision"
     fit(work, train, cache, args.max_length)  # tokenise once, outside the comparison
-    print("| base | frozen base | peak memory | to first step |\n|---|---|---|---|")
+    print("| base | frozen base | peak memory (min-max of runs) | to first step (median) |")
+    print("|---|---|---|---|")
     variants = {
         "fp32": ["--model.init_args.dtype", "float32"],
         "bf16": ["--model.init_args.dtype", "bfloat16"],
         "nf4": ["--model.init_args.dtype", "bfloat16", "--model.init_args.quantize", "nf4"],
     }
-    for name, extra in variants.items():
-        figures = fit(work, train, cache, args.max_length, extra)
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in variants}
+    for _ in range(args.rounds):  # interleaved: a drift of the machine hits every variant alike
+        for name, extra in variants.items():
+            runs[name].append(fit(work, train, cache, args.max_length, extra))
+    for name, figures in runs.items():
         save("precision", name, figures)
-        print(f"| {name} | {figures['frozen_base_mib']:.1f} MiB | {figures['peak_gb']:.2f} GB | "
-              f"{figures['to_first_step_s']:.1f} s |", flush=True)  # fmt: skip
+        peaks = sorted(f["peak_gb"] for f in figures)
+        first = sorted(f["to_first_step_s"] for f in figures)[len(figures) // 2]
+        print(f"| {name} | {figures[0]['frozen_base_mib']:.1f} MiB | {peaks[0]:.2f}-{peaks[-1]:.2f} GB | {first:.1f} s |")
 
 
 # ------------------------------------------------------------------------ loss and throughput

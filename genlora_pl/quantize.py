@@ -93,11 +93,12 @@ def dequantize(model: nn.Module, dtype: torch.dtype) -> int:
     return len(found)
 
 
-def frozen_bytes(model: nn.Module) -> int:
-    """Bytes held by the parameters and buffers that do not train (an NF4 weight by its packed size)."""
+def frozen_bytes(model: nn.Module, everything: bool = False) -> int:
+    """Bytes held by the parameters and buffers that do not train (``everything``: all of them, e.g. a
+    base model before adapters are injected and it is frozen), an NF4 weight by its packed size."""
     total = 0
     for tensor in [*model.parameters(), *model.buffers()]:
-        if getattr(tensor, "requires_grad", False):
+        if getattr(tensor, "requires_grad", False) and not everything:
             continue
         if is_quantized(tensor):
             total += sum(t.numel() * t.element_size() for t in _inner(tensor))

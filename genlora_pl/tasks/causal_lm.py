@@ -138,7 +138,7 @@ class CausalLMModule(AdapterTask):
             backbone.requires_grad_(False)
             quantize_nf4(backbone)
         self._hook_head(backbone)
-        print(f"frozen base: {frozen_bytes(backbone) / 2**20:,.1f} MiB ({self.describe_base()})")
+        print(f"frozen base: {frozen_bytes(backbone, everything=True) / 2**20:,.1f} MiB ({self.describe_base()})")
         return backbone
 
     def build_empty_backbone(self) -> tuple[nn.Module, Any] | None:
