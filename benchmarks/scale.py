@@ -170,7 +170,8 @@ def precision(args: argparse.Namespace) -> None:
         save("precision", name, figures)
         peaks = sorted(f["peak_gb"] for f in figures)
         first = sorted(f["to_first_step_s"] for f in figures)[len(figures) // 2]
-        print(f"| {name} | {figures[0]['frozen_base_mib']:.1f} MiB | {peaks[0]:.2f}-{peaks[-1]:.2f} GB | {first:.1f} s |")
+        base = figures[0]["frozen_base_mib"]
+        print(f"| {name} | {base:.1f} MiB | {peaks[0]:.2f}-{peaks[-1]:.2f} GB | {first:.1f} s |")
 
 
 # ------------------------------------------------------------------------ loss and throughput
