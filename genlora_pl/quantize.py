@@ -107,6 +107,13 @@ def frozen_bytes(model: nn.Module, everything: bool = False) -> int:
     return total
 
 
+def frozen_kinds(model: nn.Module) -> str:
+    """The storage of the frozen parameters: ``bfloat16``, ``float32``, ``NF4 + bfloat16``, ..."""
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    kinds = {"NF4" if is_quantized(p) else str(p.dtype).removeprefix("torch.") for p in frozen}
+    return " + ".join(sorted(kinds, key=lambda k: (k != "NF4", k)))
+
+
 def _inner(tensor: Any) -> list[torch.Tensor]:
     names, _ = tensor.__tensor_flatten__()
     return [getattr(tensor, n) for n in names]

@@ -27,6 +27,7 @@ from genlora_pl.distributed import full_parameters
 from genlora_pl.files import atomic_write, atomic_write_text
 from genlora_pl.injection import CONFIG_ATTR, adapter_layers
 from genlora_pl.plots import plot_diagnostics, plot_spectra
+from genlora_pl.quantize import frozen_bytes, frozen_kinds
 from genlora_pl.spectra import adapter_diagnostics, adapter_spectra, parameter_report
 
 SPECTRUM_KEYS = ("effective_rank", "stable_rank", "energy_rank", "top_singular_value", "relative_norm")
@@ -178,6 +179,7 @@ class AdapterMonitor(L.Callback):
         """What ``results.json`` holds: the adapter, its parameter budget, the last spectrum
         summary, the best and the final logged metrics."""
         out: dict[str, Any] = {"run_dir": str(folder), "global_step": trainer.global_step}
+        out["frozen_base"] = {"bytes": frozen_bytes(backbone), "storage": frozen_kinds(backbone)}
         config = getattr(backbone, CONFIG_ATTR, None)
         if config is not None:
             report = parameter_report(backbone)
@@ -239,6 +241,9 @@ class AdapterMonitor(L.Callback):
             ]
         else:
             rows.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,}"))
+        frozen = results.get("frozen_base")
+        if frozen and frozen["bytes"]:
+            rows.append(("frozen base memory", f"{frozen['bytes'] / 2**20:,.1f} MiB ({frozen['storage']})"))
         if "mean_effective_rank" in results:
             rows.append(("mean effective rank of dW", f"{results['mean_effective_rank']:.2f}"))
         rows += [(f"best {k}", f"{v:.4f}") for k, v in results["best"].items()]

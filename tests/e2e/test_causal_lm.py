@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -258,6 +259,7 @@ def test_a_json_array_of_multi_turn_chats_fits(work):
                   "--trainer.logger", "false", "--trainer.default_root_dir", str(work / "chats"), cwd=work)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "val/exact_match" in out.stdout
+    assert re.search(r"frozen base memory +0\.\d MiB \(float32\)", out.stdout)  # the run summary
 
 
 def test_sigterm_while_the_data_is_tokenised_ends_the_run_at_once(work, tmp_path):

@@ -60,3 +60,26 @@ def test_export_config_folds_every_scale(tmp_path):
     assert tensors["base_model.model.blocks.0.attn.qkv.lora_A.weight"].shape == (8, 192)
     assert tensors["base_model.model.blocks.0.attn.qkv.lora_B.weight"].shape == (576, 8)
     assert tensors["base_model.model.head.weight"].shape == (5, 192)
+
+
+def test_vllm_advice_names_the_rank_it_accepts_and_why_it_would_refuse():
+    from genlora_pl.export.peft import vllm_advice
+
+    config = {"r": 4, "rank_pattern": {"x": 12}, "base_model_name_or_path": "org/model", "modules_to_save": None}
+    command, problems = vllm_advice(config, "/tmp/adapter")
+    assert command == "vllm serve org/model --enable-lora --max-lora-rank 16 --lora-modules genlora=/tmp/adapter"
+    assert problems == []
+    _, problems = vllm_advice({**config, "r": 600, "modules_to_save": ["classifier"]}, "/tmp/adapter")
+    assert any("rank 600 is above 512" in p for p in problems)
+    assert any("modules_to_save ['classifier']" in p for p in problems)
+
+
+def test_exports_name_a_hub_id_never_a_cache_path(tmp_path):
+    from genlora_pl.export.checkpoint import portable_name
+
+    assert portable_name("hf:org/model") == "org/model"
+    assert portable_name("hf:anything", base_model_id="org/real") == "org/real"
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert portable_name(f"hf:{folder}") == str(folder)  # the user's own save_pretrained folder, as named
