@@ -325,3 +325,12 @@ def test_fsdp2_ranks_never_hold_a_full_copy_of_the_model(work, tmp_path):
     assert "built empty, filled block by block" in out.stdout
     growth = [json.loads((tmp_path / f"build_memory{rank}.json").read_text())["growth"] for rank in (0, 1)]
     assert max(growth) < full_bytes, (growth, full_bytes)
+
+
+def test_a_packed_fit_runs_through_the_cli(work):
+    out = run_cli("fit", "--config", "lm.yaml", "--data.init_args.packing", "true", "--trainer.max_steps", "3",
+                  "--trainer.val_check_interval", "3", "--trainer.logger", "false",
+                  "--trainer.default_root_dir", str(work / "packed"), cwd=work)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert re.search(r"train: \d+ examples packed into \d+ rows of up to 32 tokens \(\d+% filled\)", out.stdout)
+    assert "val/exact_match" in out.stdout  # evaluation stays one example a row, generation included

@@ -284,3 +284,20 @@ def test_tokenised_once_and_again_only_when_what_shapes_the_tokens_changes(tmp_p
     assert d.tokenized("train").table.cache_files[0]["filename"] != first  # another tokenizer or template
     write_sums(path, n=31)  # the file itself changed
     assert cache_file(max_length=32) != first
+
+
+def test_two_tokenising_processes_give_the_same_columns(tmp_path, llama):
+    path = write_sums(tmp_path / "s.jsonl", n=600)
+    one, two = data(path, llama, max_length=32), data(path, llama, max_length=32, num_proc=2, cache_dir=str(tmp_path))
+    a, b = one.tokenized("train"), two.tokenized("train")
+    assert len(a) == len(b) == 600
+    assert all(a[i]["input_ids"] == b[i]["input_ids"] and a[i]["labels"] == b[i]["labels"] for i in range(0, 600, 7))
+
+
+def test_a_hub_name_that_cannot_be_reached_is_one_sentence(tmp_path, llama, monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    d = data("nobody/no-such-dataset", llama)  # not a path: read as a hub name when data is prepared
+    with pytest.raises(ValueError, match="'nobody/no-such-dataset' is not a local file or folder, and the hub dataset"):
+        d.prepare_data()
