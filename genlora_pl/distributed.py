@@ -123,3 +123,31 @@ def full_parameters(root: nn.Module, backbone: nn.Module) -> Iterator[None]:
     finally:
         for module in sharded:
             module.reshard()
+
+
+def gathered_in_turn(root: nn.Module, backbone: nn.Module) -> Iterator[set[int] | None]:
+    """Full parameters a part at a time, for measurements of a large sharded model: yields the ids of
+    the modules whose parameters are full right now. Under FSDP2 the root's own parameters (embeddings,
+    head, GenLoRA's generator groups) stay gathered throughout and the blocks are gathered one by one,
+    so a rank holds one block beyond its shards, never the whole model; elsewhere everything is full
+    at once (``None``: every module). Iterate it to the end on *every* rank: each gather is a collective.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    blocks = [m for m in backbone.modules() if isinstance(m, FSDPModule) and m is not backbone]
+    if not isinstance(backbone, FSDPModule) or not blocks:
+        with full_parameters(root, backbone):
+            yield None
+        return
+    inside = {id(m) for block in blocks for m in block.modules()}
+    backbone.unshard()
+    try:
+        yield {id(m) for m in backbone.modules() if id(m) not in inside}
+        for block in blocks:
+            block.unshard()
+            try:
+                yield {id(m) for m in block.modules()}
+            finally:
+                block.reshard()
+    finally:
+        backbone.reshard()

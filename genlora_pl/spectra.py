@@ -99,16 +99,24 @@ def layer_spectrum(layer: AdapterLayer) -> LayerSpectrum:
     return LayerSpectrum(sigma.cpu(), float(layer.base_layer.weight.detach().float().norm()))
 
 
-def adapter_spectra(model: nn.Module) -> dict[str, LayerSpectrum]:
-    """Per adapted layer, the spectrum of its current update ``dW`` (``gate`` included)."""
-    return {name: layer_spectrum(layer) for name, layer in adapter_layers(model).items()}
+def adapter_spectra(model: nn.Module, only: set[int] | None = None) -> dict[str, LayerSpectrum]:
+    """Per adapted layer, the spectrum of its current update ``dW`` (``gate`` included); with ``only``,
+    of the layers whose ids it holds."""
+    return {name: layer_spectrum(layer) for name, layer in adapter_layers(model).items() if _in(layer, only)}
 
 
-def adapter_diagnostics(model: nn.Module) -> dict[str, dict[str, dict[str, float]]]:
+def _in(layer: nn.Module, only: set[int] | None) -> bool:
+    return only is None or id(layer) in only
+
+
+def adapter_diagnostics(model: nn.Module, only: set[int] | None = None) -> dict[str, dict[str, dict[str, float]]]:
     """The method-specific figures of every adapted layer that has some, by layer name: for GenLoRA
-    the RBF centre drift of each side (``{"A": stats, "B": stats}``, see ``GenLoRALayer.diagnostics``)."""
+    the RBF centre drift of each side (``{"A": stats, "B": stats}``, see ``GenLoRALayer.diagnostics``);
+    with ``only``, of the layers whose ids it holds."""
     out = {}
     for name, layer in adapter_layers(model).items():
+        if not _in(layer, only):
+            continue
         figures = layer.diagnostics()
         if figures:
             out[name] = figures

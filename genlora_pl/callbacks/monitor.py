@@ -23,7 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from genlora_pl.adapters import AdapterLayer
-from genlora_pl.distributed import full_parameters
+from genlora_pl.distributed import gathered_in_turn
 from genlora_pl.files import atomic_write, atomic_write_text
 from genlora_pl.injection import CONFIG_ATTR, adapter_layers
 from genlora_pl.plots import plot_diagnostics, plot_spectra
@@ -91,19 +91,29 @@ class AdapterMonitor(L.Callback):
 
     # ----------------------------------------------------------------- measurements
     @staticmethod
-    def measure(backbone: nn.Module, step: int) -> dict[str, Any]:
-        spectra = adapter_spectra(backbone)
+    def measure(backbone: nn.Module, step: int, only: set[int] | None = None) -> dict[str, Any]:
+        """Spectra and diagnostics of the adapted layers (of those whose ids ``only`` holds)."""
+        spectra = adapter_spectra(backbone, only)
         layers = {name: {**s.as_dict(), "singular_values": s.singular_values.tolist()} for name, s in spectra.items()}
-        return {"step": step, "layers": layers, "drift": adapter_diagnostics(backbone)}
+        return {"step": step, "layers": layers, "drift": adapter_diagnostics(backbone, only)}
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Measure on rank zero; every rank takes part when sharded parameters must be gathered."""
+        """Measure on rank zero; every rank takes part when sharded parameters must be gathered (under
+        FSDP2 one block at a time, so no rank ever holds the whole model)."""
         step = trainer.global_step
         if self.last_recorded == step:  # the same on every rank, so all of them skip or all gather
             return
         self.last_recorded = step
-        with full_parameters(trainer.strategy.model, pl_module.backbone):
-            record = self.measure(pl_module.backbone, step) if trainer.is_global_zero else None
+        record: dict[str, Any] | None = {"step": step, "layers": {}, "drift": {}} if trainer.is_global_zero else None
+        for only in gathered_in_turn(trainer.strategy.model, pl_module.backbone):
+            if record is not None:
+                part = self.measure(pl_module.backbone, step, only)
+                record["layers"].update(part["layers"])
+                record["drift"].update(part["drift"])
+        if record is not None:  # in the model's order, whatever order the parts came in
+            order = list(adapter_layers(pl_module.backbone))
+            record["layers"] = {n: record["layers"][n] for n in order if n in record["layers"]}
+            record["drift"] = {n: record["drift"][n] for n in order if n in record["drift"]}
         if record is None:
             return
         self.history.append(record)

@@ -5,6 +5,7 @@ Each fit runs the real CLI in a child process (Lightning relaunches the command 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,13 @@ def test_fsdp2_matches_an_unsharded_run(tmp_path, weights):
         assert type(a[key]) is torch.Tensor and a[key].shape == b[key].shape, key  # full, not DTensor shards
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
     assert not torch.equal(a["backbone.blocks.0.attn.qkv.amps_B"], torch.zeros(8))
+    # the spectra, measured block by block on the sharded model, are those of the unsharded one
+    spectra = [json.loads(next(f.rglob("spectra.json")).read_text())["history"][-1] for f in (sharded, single)]
+    assert list(spectra[0]["layers"]) == list(spectra[1]["layers"]) and spectra[0]["drift"].keys()
+    for name, layer in spectra[0]["layers"].items():
+        other = spectra[1]["layers"][name]
+        assert abs(layer["effective_rank"] - other["effective_rank"]) < 1e-3, name
+        assert abs(layer["relative_norm"] - other["relative_norm"]) < 1e-4 * max(other["relative_norm"], 1), name
 
     out = tmp_path / "export"
     for folder, name in ((sharded, "fsdp2"), (single, "single")):
