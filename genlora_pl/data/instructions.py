@@ -162,7 +162,7 @@ class Encoder:
             cut = rest.find(self.end_text) if self.end_text else -1
             carry = rest[cut + len(self.end_text) :] if cut >= 0 else rest
             done = after
-        return pieces, self.render(messages[: turns[-1]], True)
+        return pieces, before  # the last turn's context is what generation is prompted with
 
     def encode(self, messages: list[dict[str, str]], where: str) -> dict[str, Any]:
         """One conversation's token columns (see :meth:`assemble`)."""
@@ -323,8 +323,11 @@ class Examples(Dataset):
         return {**self.table[int(index)], "index": int(index)}
 
     def column(self, name: str) -> np.ndarray:
-        """A numeric column as an array (4 bytes an example for lengths)."""
-        return np.asarray(self.table.with_format("numpy")[name])
+        """A numeric column as an array (4 bytes an example for lengths), read in one Arrow call (a
+        ``Dataset[name]`` is iterated row by row: minutes for a million rows)."""
+        if len(self.table) == 0:
+            return np.zeros(0, dtype=np.int64)
+        return np.asarray(self.table.with_format("numpy", columns=[name])[:][name])
 
     @property
     def lengths(self) -> np.ndarray:
