@@ -131,6 +131,7 @@ def fit(work: Path, train: Path, cache: Path, max_length: int, extra: list[str] 
 def save(section: str, key: str, value: Any) -> None:
     results = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results.setdefault(section, {})[key] = value
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
 
 
@@ -303,7 +304,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="batches per throughput round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "genlora_scale"))
+    parser.add_argument("--results", default=str(RESULTS), help="the JSON file the figures are added to")
     args = parser.parse_args()
+    global RESULTS
+    RESULTS = Path(args.results)
     {"rows": rows, "precision": precision, "loss": loss, "throughput": throughput}[args.what](args)
 
 

