@@ -293,6 +293,7 @@ def throughput(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    global RESULTS
     if len(sys.argv) > 1 and sys.argv[1] == "_loss_child":
         loss_child(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
         return
@@ -306,7 +307,6 @@ def main() -> None:
     parser.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "genlora_scale"))
     parser.add_argument("--results", default=str(RESULTS), help="the JSON file the figures are added to")
     args = parser.parse_args()
-    global RESULTS
     RESULTS = Path(args.results)
     {"rows": rows, "precision": precision, "loss": loss, "throughput": throughput}[args.what](args)
 
