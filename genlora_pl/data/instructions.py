@@ -297,37 +297,49 @@ def unicode_errors_named(source: str) -> Iterator[None]:
 
 # ----------------------------------------------------------------------------- datasets
 class _Column:
-    """One column of a table read row by row (``texts[i]``), without materialising the column."""
+    """One text column of a split read row by row (``texts[i]``), without materialising the column."""
 
-    def __init__(self, table: Any, name: str) -> None:
-        self.table, self.name = table, name
+    def __init__(self, examples: Examples, name: str) -> None:
+        self.examples, self.name = examples, name
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.examples)
 
     def __getitem__(self, index: int) -> Any:
-        return self.table[int(index)][self.name]
+        return self.examples.table[self.examples.row(index)][self.name]
 
 
 class Examples(Dataset):
     """Tokenised examples of one split, memory-mapped from the datasets cache: item ``i`` is
-    ``{input_ids, labels, prompt_length, prompt, answer, ..., index}``."""
+    ``{input_ids, labels, prompt_length, prompt, answer, ..., index}``. A split carved from a larger
+    table keeps that table and its own row numbers (``rows``): datasets' ``select`` would gather every
+    column of the selected rows into memory whenever a whole column is read."""
 
-    def __init__(self, table: Any) -> None:
+    def __init__(self, table: Any, rows: np.ndarray | None = None) -> None:
         self.table = table.with_format(None)
+        self.rows = rows
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.table) if self.rows is None else len(self.rows)
+
+    def row(self, index: int) -> int:
+        """The table row of example ``index``."""
+        return int(index) if self.rows is None else int(self.rows[int(index)])
+
+    def subset(self, rows: np.ndarray) -> Examples:
+        return Examples(self.table, np.asarray(rows) if self.rows is None else self.rows[np.asarray(rows)])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        return {**self.table[int(index)], "index": int(index)}
+        return {**self.table[self.row(index)], "index": int(index)}
 
     def column(self, name: str) -> np.ndarray:
-        """A numeric column as an array (4 bytes an example for lengths), read in one Arrow call (a
-        ``Dataset[name]`` is iterated row by row: minutes for a million rows)."""
+        """A numeric column as an array (4 bytes an example for lengths), read from the memory-mapped
+        table in one zero-copy Arrow call (``Dataset[name]`` would iterate row by row: minutes for a
+        million rows)."""
         if len(self.table) == 0:
             return np.zeros(0, dtype=np.int64)
-        return np.asarray(self.table.with_format("numpy", columns=[name])[:][name])
+        full = np.asarray(self.table.select_columns([name]).with_format("numpy")[:][name])
+        return full if self.rows is None else full[self.rows]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -335,10 +347,10 @@ class Examples(Dataset):
 
     @property
     def texts(self) -> _Column:  # what prediction files show as the input
-        return _Column(self.table, "prompt")
+        return _Column(self, "prompt")
 
     def answer(self, index: int) -> str:
-        return self.table[int(index)]["answer"]
+        return self.table[self.row(index)]["answer"]
 
     def counts(self) -> dict[str, int]:
         return {
@@ -576,8 +588,8 @@ class InstructionData(DataModule):
             fractions[0] = 1.0 - fractions[1] - fractions[2]
             parts = dict(zip(("train", "val", "test"), seeded_split(len(train), fractions, self.seed), strict=True))
             for split in ("val", "test"):
-                splits.setdefault(split, Examples(train.table.select(parts[split])))
-            train = Examples(train.table.select(parts["train"]))
+                splits.setdefault(split, train.subset(parts[split]))
+            train = train.subset(parts["train"])
         self.check_fits(train)
         splits["train"] = train
         for split in ("train", "val", "test"):
