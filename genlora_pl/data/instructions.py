@@ -155,6 +155,9 @@ class Encoder:
             after = self.render(messages[: k + 1], False)
             content = messages[k]["content"]
             at = after.find(content, len(before)) if after.startswith(before) else -1
+            if at < 0 and after.startswith(before):  # templates that trim a message (Llama 3's)
+                content = content.strip()
+                at = after.find(content, len(before))
             if not before.startswith(done) or at < 0:
                 raise ValueError(
                     f"{where}: the chat template does not render this conversation turn by turn (an earlier turn "

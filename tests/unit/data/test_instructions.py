@@ -301,3 +301,20 @@ def test_a_hub_name_that_cannot_be_reached_is_one_sentence(tmp_path, llama, monk
     d = data("nobody/no-such-dataset", llama)  # not a path: read as a hub name when data is prepared
     with pytest.raises(ValueError, match="'nobody/no-such-dataset' is not a local file or folder, and the hub dataset"):
         d.prepare_data()
+
+
+def test_a_template_that_trims_messages_still_trains_each_turn(tmp_path, llama):
+    """Llama 3's template renders ``message['content'] | trim``: the trained span is what it renders."""
+    from transformers import AutoTokenizer
+
+    folder = tmp_path / "trim"
+    tok = AutoTokenizer.from_pretrained(llama)
+    tok.chat_template = tok.chat_template.replace("m['content']", "m['content'] | trim")
+    write_tiny_llama(folder).joinpath("tokenizer_config.json").unlink()
+    tok.save_pretrained(folder)
+    chat = [{"role": "user", "content": "add 1 2"}, {"role": "assistant", "content": " 3 \n"}]
+    (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": chat}) + "\n")
+    path = str(tmp_path / "chat.jsonl")
+    d = InstructionData(train_file=path, val_file=path, test_file=path, batch_size=1, backbone=f"hf:{folder}")
+    d.setup()
+    assert trained(d, d.splits["train"][0]) == ["3", "<eos>"]
