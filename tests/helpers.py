@@ -100,29 +100,29 @@ class RankDump(L.Callback):
 
 class BuildMemory(L.Callback):
     """Records how far this rank's resident memory rose while the model was built and wrapped:
-    the peak RSS at ``on_fit_start`` less the RSS at ``setup`` (which runs before ``configure_model``),
-    into ``build_memory<rank>.json`` (``class_path: helpers.BuildMemory``)."""
+    the high-water mark at ``on_fit_start`` less the resident memory at ``setup`` (which runs before
+    ``configure_model``), into ``build_memory<rank>.json`` (``class_path: helpers.BuildMemory``).
+    The high-water mark is ``/proc``'s ``VmHWM``, which starts afresh at ``exec``: ``getrusage``'s
+    ``ru_maxrss`` keeps the peak of the process it was forked from (a pytest that held a model)."""
 
     def __init__(self, folder: str) -> None:
         self.folder = Path(folder)
         self.before = 0
 
     @staticmethod
-    def rss() -> int:
-        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    def status(key: str) -> int:
+        line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+        return int(line.split()[1]) * 1024
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        self.before = self.rss()
+        self.before = self.status("VmRSS")
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         import json
-        import resource
 
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = self.status("VmHWM")
         path = self.folder / f"build_memory{trainer.global_rank}.json"
-        status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
-        kinds = {k: status[k].strip() for k in ("RssAnon", "RssFile", "VmHWM") if k in status}
-        path.write_text(json.dumps({"before": self.before, "peak": peak, "growth": peak - self.before, **kinds}))
+        path.write_text(json.dumps({"before": self.before, "peak": peak, "growth": peak - self.before}))
 
 
 class Sleep(L.Callback):
