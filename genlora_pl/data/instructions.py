@@ -171,12 +171,6 @@ class Encoder:
             done = after
         return pieces, before  # the last turn's context is what generation is prompted with
 
-    def encode(self, messages: list[dict[str, str]], where: str) -> dict[str, Any]:
-        """One conversation's token columns (see :meth:`assemble`)."""
-        pieces, prompt_text = self.pieces(messages, where)
-        ids = [self.tokenizer(t, add_special_tokens=False)["input_ids"] if t else [] for t, _ in pieces]
-        return self.assemble(ids, [trained for _, trained in pieces], prompt_text, messages[-1]["content"])
-
     def assemble(self, pieces: list[list[int]], trained: list[bool], prompt_text: str, answer: str) -> dict[str, Any]:
         """The pieces' tokens in order, each trained turn followed by the end-of-turn token and
         labelled, everything else ``-100``; then cut to ``max_length`` (see the module docstring)."""
