@@ -17,7 +17,6 @@ the converter cannot read gets one sentence that names the file and the line or 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ def saved_splits(source: str) -> list[str]:
 
 def looks_local(source: str) -> bool:
     """Whether ``source`` is meant as a path (so a missing one is an error, not a hub name)."""
-    return source.startswith((".", "/", "~")) or Path(source).suffix in FORMATS or os.sep in source.rstrip(os.sep)[:1]
+    return source.startswith((".", "/", "~")) or Path(source).suffix in FORMATS
 
 
 def first_line_number(source: Path) -> int:
