@@ -385,7 +385,6 @@ class Packed(Dataset):
                     members.append([int(index)])
             self.groups += [np.asarray(m) for m in members]
         self.fill = float(lengths.sum() / (len(self.groups) * max_length)) if self.groups else 0.0
-        self.row_lengths = np.asarray([lengths[g].sum() for g in self.groups])
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -394,14 +393,14 @@ class Packed(Dataset):
         return [self.examples[int(i)] for i in self.groups[int(index)]]
 
 
-def _examples(dataset: Dataset) -> tuple[Examples, Callable[[int], int]]:
-    """The :class:`Examples` under subsets, and how a subset index maps into it."""
-    if isinstance(dataset, Subset):
-        inner, to_inner = _examples(dataset.dataset)
-        return inner, lambda i: to_inner(int(dataset.indices[i]))
-    if isinstance(dataset, Examples):
-        return dataset, lambda i: i
-    raise TypeError(f"{type(dataset).__name__} holds no tokenised examples")
+def _examples(dataset: Dataset) -> Examples:
+    """The :class:`Examples` under subsets (``max_eval_samples``); a batch's ``index`` is already its
+    index there (``Examples.__getitem__`` sets it)."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    if not isinstance(dataset, Examples):
+        raise TypeError(f"{type(dataset).__name__} holds no tokenised examples")
+    return dataset
 
 
 # ----------------------------------------------------------------------------- the data module
@@ -690,7 +689,7 @@ class InstructionData(DataModule):
     def score(self, split: str, indices: list[int], generations: list[str]) -> list[float]:
         """1.0 where the extracted generation equals the extracted reference answer, else 0.0."""
         extract = EXTRACTORS[self.answer_extractor]
-        examples, _ = _examples(self.splits[split])
+        examples = _examples(self.splits[split])
         return [
             float(extract(text) == extract(examples.answer(i))) for i, text in zip(indices, generations, strict=True)
         ]
