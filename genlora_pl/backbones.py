@@ -537,16 +537,6 @@ def check_causal(config: Any, backbone: str) -> None:
         )
 
 
-def backbone_task(backbone: str) -> str:
-    """``"image"`` or ``"text"``: what the backbone reads."""
-    spec = BackboneSpec.parse(backbone)
-    if spec.library == "timm":
-        return "image"
-    from transformers import AutoConfig
-
-    return _hf_task(AutoConfig.from_pretrained(hf_path(spec.name)))
-
-
 def image_transforms(backbone: str | None, image_size: int | None = None) -> tuple[Any, Any]:
     """``(train, eval)`` torchvision transforms the backbone expects.
 

@@ -250,9 +250,6 @@ class GenLoRAGroup(nn.Module):
         # the cache holds this forward's non-leaf tensors: never copied or pickled with the module
         return {**super().__getstate__(), "_cache": None}
 
-    def slice_of(self, index: int) -> dict[str, torch.Tensor]:
-        """Layer ``index``'s generator tensors (views into the stacks)."""
-        return {name: self._parameters[name][index] for name in GENERATOR}
 
 
 def _generator_tensor(name: str) -> property:
@@ -443,24 +440,34 @@ class GenLoRALayer(AdapterLayer):
     # ----------------------------------------------------------------- groups
     @classmethod
     def attach(cls, model: nn.Module, layers: dict[str, AdapterLayer]) -> None:
-        """Group the layers by shape (see :class:`GenLoRAGroup`) under ``model.genlora_groups`` and
-        install the model's hooks: generation once per forward, per-layer names in state dicts."""
-        if hasattr(model, GROUPS):
+        """Group the layers by shape (see :class:`GenLoRAGroup`) in one ``genlora_groups`` module and
+        install the model's hooks: generation once per forward, per-layer names in state dicts.
+
+        The groups are a child of the model, so they move, save, shard and train with it. A container
+        root (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) calls or iterates its
+        children, so there the groups are kept by the first adapted layer instead, which is ours."""
+        if groups_of(model) is not None:
             raise ValueError(f"{type(model).__name__} already has GenLoRA groups; merge_and_unload() it first.")
         by_shape: dict[tuple, list[GenLoRALayer]] = {}
         for layer in layers.values():
             weight = layer.base_layer.weight
             by_shape.setdefault((layer.in_features, layer.out_features, weight.device, weight.dtype), []).append(layer)
+        holder, at = model, ""
+        if isinstance(model, _CONTAINERS):
+            holder = next(iter(layers.values()))
+            at = next(iter(layers)) + "."
         groups = nn.ModuleDict()
         for number, members in enumerate(by_shape.values()):
             group = GenLoRAGroup(members)
+            group.__dict__["_at"] = f"{at}{GROUPS}.g{number}."  # its state-dict prefix below the model's
             for index, layer in enumerate(members):
                 for name in GENERATOR:
                     del layer._parameters[name]
                 layer.__dict__["_group"], layer.__dict__["_index"] = group, index
             group.register_state_dict_post_hook(_per_layer_state)
             groups[f"g{number}"] = group
-        model.add_module(GROUPS, groups)  # last child: loaded after the blocks, saved after them too
+        holder.add_module(GROUPS, groups)  # the model's last child: loaded after the blocks, saved after them
+        model.__dict__[HOLDER] = holder
         model.__dict__[HANDLES] = [
             model.register_forward_pre_hook(_refresh_groups),
             model.register_load_state_dict_pre_hook(_stack_per_layer_state),
@@ -469,7 +476,7 @@ class GenLoRALayer(AdapterLayer):
     @classmethod
     def detach(cls, model: nn.Module) -> None:
         """Give every layer its own tensors back (current values) and remove the groups and hooks."""
-        groups = getattr(model, GROUPS, None)
+        groups = groups_of(model)
         if groups is None:
             return
         for handle in model.__dict__.pop(HANDLES, []):
@@ -481,11 +488,19 @@ class GenLoRALayer(AdapterLayer):
                     source = group._parameters[name]
                     value = source.full_tensor() if hasattr(source, "full_tensor") else source
                     layer.register_parameter(name, nn.Parameter(value[index].detach().clone(), source.requires_grad))
-        delattr(model, GROUPS)
+        delattr(model.__dict__.pop(HOLDER, model), GROUPS)
 
 
-GROUPS = "genlora_groups"  # the model attribute holding the shape groups
+GROUPS = "genlora_groups"  # the name of the module holding the shape groups
 HANDLES = "_genlora_group_hooks"
+HOLDER = "_genlora_groups_holder"  # the module the groups are a child of (the model, or its first adapted layer)
+_CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+
+def groups_of(model: nn.Module) -> nn.ModuleDict | None:
+    """The model's GenLoRA shape groups, wherever they are kept, or None."""
+    holder = model.__dict__.get(HOLDER)
+    return getattr(holder, GROUPS, None) if holder is not None else None
 
 
 def _refresh_groups(model: nn.Module, args: object) -> None:
@@ -495,7 +510,7 @@ def _refresh_groups(model: nn.Module, args: object) -> None:
     the last forward are kept while no parameter, gate or temperature changed: generating text calls
     the model once per token, and the factors are the same for every token."""
     grad = torch.is_grad_enabled()
-    for group in getattr(model, GROUPS).values():
+    for group in groups_of(model).values():
         cache = group._cache
         if grad or cache is None or cache[2] != group._versions() or torch.compiler.is_compiling():
             group.refresh()
@@ -504,8 +519,8 @@ def _refresh_groups(model: nn.Module, args: object) -> None:
 def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: object) -> None:
     """State-dict post-hook of a group: its stacks leave, each layer's slice appears under the layer's
     own name, as if the layer still owned it (files keep their format)."""
-    # prefix is "<root>genlora_groups.<key>.": the layers' names hang off "<root>"
-    root = prefix[: prefix.rstrip(".").rfind(f"{GROUPS}.")]
+    # prefix is "<root><at>", at = "[<holder>.]genlora_groups.<key>.": the layers' names hang off "<root>"
+    root = prefix[: len(prefix) - len(group.__dict__["_at"])]
     for name in GENERATOR:
         value = state.pop(prefix + name)
         if hasattr(value, "full_tensor"):  # FSDP2 shards the stacks with the root: gather them (collective)
@@ -518,7 +533,7 @@ def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: ob
 def _stack_per_layer_state(model: nn.Module, state: dict, prefix: str, *args: object) -> None:
     """Load-state-dict pre-hook of the model: per-layer tensors in ``state`` are put into the
     stacks they belong to (a layer missing from ``state`` keeps its current values)."""
-    for key, group in getattr(model, GROUPS).items():
+    for group in groups_of(model).values():
         for name in GENERATOR:
             keys = [f"{prefix}{path}.{name}" for path in group.paths]
             if not any(k in state for k in keys):
@@ -539,7 +554,7 @@ def _stack_per_layer_state(model: nn.Module, state: dict, prefix: str, *args: ob
                 from torch.distributed.tensor import distribute_tensor
 
                 stacked = distribute_tensor(stacked, current.device_mesh, current.placements)
-            state[f"{prefix}{GROUPS}.{key}.{name}"] = stacked
+            state[f"{prefix}{group.__dict__['_at']}{name}"] = stacked
 
 
 register(GenLoRAConfig, GenLoRALayer)
