@@ -1,6 +1,6 @@
 """Quality of GenLoRA against head-only training, LoRA and full fine-tuning on real offline tasks.
 
-Every run is a real fit through genlora_pl (ClassificationModule, GenLoRACallback, Lightning's
+Every run is a real fit through genlora_pl (ClassificationModule, AdapterCallback, Lightning's
 Trainer) on real pretrained weights and real data; the tasks, methods and learning rates are in
 ``benchmarks/quality.yaml``. Each finished run is appended to ``benchmarks/results/quality_runs.jsonl``
 at once, so an interrupted sweep continues where it stopped; ``--summarize`` turns the runs into
@@ -72,7 +72,7 @@ def run_one(
     import lightning as L
     import torch
 
-    from genlora_pl.callbacks import GenLoRACallback
+    from genlora_pl.callbacks import AdapterCallback
     from genlora_pl.schedules import Schedule, WarmupDecay
     from genlora_pl.spectra import adapter_spectra, parameter_report
     from genlora_pl.tasks import CausalLMModule, ClassificationModule
@@ -105,7 +105,7 @@ def run_one(
         options = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
         schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
         scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
-        callbacks.append(GenLoRACallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))
+        callbacks.append(AdapterCallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))
 
     epochs = task.get("max_epochs", 1)
     trainer = L.Trainer(

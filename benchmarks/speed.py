@@ -11,7 +11,7 @@ median over the timed rounds.
   gradient, no optimizer);
 - inference: the bare backbone, GenLoRA merged in place (wrappers kept), and GenLoRA after
   ``merge_and_unload`` (the bare architecture again);
-- spectra logging: one ``GenLoRACallback.measure`` (spectra and drift of every layer) as a share
+- spectra logging: one ``AdapterCallback.measure`` (spectra and drift of every layer) as a share
   of the steps between two logs at the callback's default interval;
 - peak memory of each train step: CUDA's peak allocation on a GPU; on the CPU the peak resident
   memory of a child process during three steps (sampled every millisecond), minus its resident

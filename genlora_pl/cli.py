@@ -1,5 +1,5 @@
 """``python -m genlora_pl {fit,validate,test,predict}``: LightningCLI over the task modules, the data
-modules and four callback sections: ``adapter`` (:class:`GenLoRACallback`), ``monitor``
+modules and four callback sections: ``adapter`` (:class:`AdapterCallback`), ``monitor``
 (:class:`AdapterMonitor`), ``faults`` (:class:`FaultTolerance`) and ``predictions``
 (:class:`PredictionWriter`).
 
@@ -33,7 +33,8 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from genlora_pl.callbacks import AdapterMonitor, FaultTolerance, GenLoRACallback, PredictionWriter
+import genlora_pl.compat as compat
+from genlora_pl.callbacks import AdapterMonitor, FaultTolerance, AdapterCallback, PredictionWriter
 from genlora_pl.checkpoints import read_checkpoint, run_folder
 from genlora_pl.console import ProgressBar, quiet
 from genlora_pl.data import DataModule  # imports every data module: short class paths resolve
@@ -44,15 +45,6 @@ from genlora_pl.tasks import AdapterTask, ClassificationModule, task_class
 PROG = "python -m genlora_pl"
 SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
 EVALUATION = ("validate", "test", "predict")
-# adapter.<key> -> where the key lives now; accepted with a deprecation message until 0.3
-_MOVED_KEYS = {
-    "group_size": "adapter.options.group_size",
-    "kernel": "adapter.options.kernel",
-    "width0": "adapter.options.width0",
-    "log_every_n_steps": "monitor.log_every_n_steps",
-    "plots": "monitor.plots",
-}
-
 
 def shipped_configs() -> Path:
     """The folder of the configs that ship inside the package (``configs/`` in a source checkout)."""
@@ -217,7 +209,7 @@ class GenLoRACLI(LightningCLI):
         return folders
 
     def add_arguments_to_parser(self, parser: Any) -> None:
-        parser.add_lightning_class_args(GenLoRACallback, "adapter")
+        parser.add_lightning_class_args(AdapterCallback, "adapter")
         parser.add_lightning_class_args(AdapterMonitor, "monitor")
         parser.add_lightning_class_args(FaultTolerance, "faults")
         parser.add_lightning_class_args(PredictionWriter, "predictions")
@@ -229,28 +221,13 @@ class GenLoRACLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
-        self._move_deprecated_keys(config)
+        compat.move_adapter_keys(config)
         if self.subcommand in EVALUATION:
             config.trainer.logger = False  # no new version folder for an evaluation
             # without a logger the checkpoint callbacks point elsewhere than in the fit: irrelevant here
             warnings.filterwarnings("ignore", message="The dirpath has changed")
         elif self.subcommand == "fit":
             self._continue_in_run_folder(config)
-
-    @staticmethod
-    def _move_deprecated_keys(config: Any) -> None:
-        adapter = config.adapter
-        for key, new in _MOVED_KEYS.items():
-            value = adapter.get(key)
-            if value is None:
-                continue
-            section, *rest = new.split(".")
-            if section == "monitor":
-                config.monitor[rest[0]] = value
-            else:
-                adapter.options = {**(adapter.options or {}), rest[-1]: value}
-            adapter[key] = None
-            sys.stderr.write(f"deprecated: adapter.{key} is now {new}; the old key goes away in genlora_pl 0.3.\n")
 
     @staticmethod
     def _continue_in_run_folder(config: Any) -> None:

@@ -56,18 +56,18 @@ def plot_diagnostics(
     per group (``A``, ``B``) the reduction over layers the method declares (solid) and, for means,
     the largest layer (dashed); a method's alarm thresholds are drawn as red lines."""
     alarms = alarms or {}
-    if not history or not history[-1].get("drift") or not summary:
+    if not history or not history[-1].get("diagnostics") or not summary:
         return None
     plt = _pyplot()
     stats = list(summary)
     fig, axes = plt.subplots(1, len(stats), figsize=(4.2 * len(stats), 3.8), squeeze=False)
     steps = [h["step"] for h in history]
-    groups = list(dict.fromkeys(g for d in history[-1]["drift"].values() for g in d))
+    groups = list(dict.fromkeys(g for d in history[-1]["diagnostics"].values() for g in d))
     reduce = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
     for ax, stat in zip(axes[0], stats, strict=True):
         label, how = summary[stat]
         for group, color in zip(groups, plt.get_cmap("tab10").colors, strict=False):
-            rows = [[d[group][stat] for d in h["drift"].values() if group in d] for h in history]
+            rows = [[d[group][stat] for d in h["diagnostics"].values() if group in d] for h in history]
             ax.plot(steps, [reduce[how](r) for r in rows], color=color, label=f"{group}: {how}")
             if how == "mean":
                 ax.plot(steps, [max(r) for r in rows], color=color, ls="--", lw=0.8, label=f"{group}: max")

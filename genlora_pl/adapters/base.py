@@ -111,7 +111,7 @@ class AdapterLayer(nn.Module):
     """
 
     #: How :meth:`diagnostics` figures reduce over layers into logged scalars:
-    #: ``stat -> (name, "mean" | "min" | "max")``, logged as ``genlora/<name>_<group>/<how>``.
+    #: ``stat -> (name, "mean" | "min" | "max")``, logged as ``adapter/<name>_<group>/<how>``.
     diagnostics_summary: ClassVar[dict[str, tuple[str, str]]] = {}
     #: Threshold lines on the diagnostics figure: ``stat -> (value, what crossing it means)``.
     diagnostics_alarms: ClassVar[dict[str, tuple[float, str]]] = {}

@@ -495,6 +495,7 @@ GROUPS = "genlora_groups"  # the name of the module holding the shape groups
 HANDLES = "_genlora_group_hooks"
 HOLDER = "_genlora_groups_holder"  # the module the groups are a child of (the model, or its first adapted layer)
 _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_WRAPPERS = {"_checkpoint_wrapped_module", "_fsdp_wrapped_module", "_orig_mod"}  # names wrappers add
 
 
 def groups_of(model: nn.Module) -> nn.ModuleDict | None:
@@ -519,8 +520,7 @@ def _refresh_groups(model: nn.Module, args: object) -> None:
 def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: object) -> None:
     """State-dict post-hook of a group: its stacks leave, each layer's slice appears under the layer's
     own name, as if the layer still owned it (files keep their format)."""
-    # prefix is "<root><at>", at = "[<holder>.]genlora_groups.<key>.": the layers' names hang off "<root>"
-    root = prefix[: len(prefix) - len(group.__dict__["_at"])]
+    root = _root_prefix(prefix, group.__dict__["_at"])
     for name in GENERATOR:
         value = state.pop(prefix + name)
         if hasattr(value, "full_tensor"):  # FSDP2 shards the stacks with the root: gather them (collective)
@@ -528,6 +528,20 @@ def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: ob
         for index, path in enumerate(group.paths):
             item = value[index]
             state[f"{root}{path}.{name}"] = item if item.requires_grad else item.clone()
+
+
+def _root_prefix(prefix: str, at: str) -> str:
+    """The model's prefix in a state dict, from a group's ``prefix`` there, ``<root><at>``, where
+    ``at`` is ``[<holder>.]genlora_groups.<key>.``; wrappers (activation checkpointing, FSDP1,
+    compile) may have put their own names between the holder's parts."""
+    parts = prefix[: prefix.rfind(f"{GROUPS}.")].split(".")[:-1]
+    holder = at.split(".")[:-3]
+    while holder:
+        if parts[-1] in _WRAPPERS:
+            parts.pop()
+            continue
+        parts.pop(), holder.pop()
+    return "".join(f"{p}." for p in parts)
 
 
 def _stack_per_layer_state(model: nn.Module, state: dict, prefix: str, *args: object) -> None:

@@ -6,7 +6,7 @@ Every ``log_every_n_steps`` optimizer steps it measures every adapted layer: the
 drift). Summary scalars (means over layers, the collapse alarm's minimum) go to every logger;
 per-layer figures go to TensorBoard only (scalars and spectrum histograms), so ``metrics.csv`` stays
 readable. At the end of fit it writes into the run folder ``spectra.json`` (every measurement),
-``spectra.png``, ``drift.png``, ``results.json`` (the run's summary) and prints a summary table.
+``spectra.png``, ``diagnostics.png``, ``results.json`` (the run's summary) and prints a summary table.
 """
 
 from __future__ import annotations
@@ -41,27 +41,27 @@ def summary_scalars(record: dict[str, Any], layers: dict[str, AdapterLayer]) -> 
     for key in SPECTRUM_KEYS:
         values = [layer[key] for layer in record["layers"].values()]
         if values:
-            out[f"genlora/{key}/mean"] = sum(values) / len(values)
+            out[f"adapter/{key}/mean"] = sum(values) / len(values)
     reduce = {"mean": lambda v: sum(v) / len(v), "min": min, "max": max}
-    classes = {type(layers[name]) for name in record["drift"] if name in layers}
+    classes = {type(layers[name]) for name in record["diagnostics"] if name in layers}
     for cls in classes:
-        names = [n for n in record["drift"] if type(layers.get(n)) is cls]
-        groups = dict.fromkeys(g for n in names for g in record["drift"][n])
+        names = [n for n in record["diagnostics"] if type(layers.get(n)) is cls]
+        groups = dict.fromkeys(g for n in names for g in record["diagnostics"][n])
         for stat, (label, how) in cls.diagnostics_summary.items():
             for group in groups:
-                values = [record["drift"][n][group][stat] for n in names if group in record["drift"][n]]
+                values = [record["diagnostics"][n][group][stat] for n in names if group in record["diagnostics"][n]]
                 values = [v for v in values if math.isfinite(v)]
                 if values:
-                    out[f"genlora/{label}_{group}/{how}"] = float(reduce[how](values))
+                    out[f"adapter/{label}_{group}/{how}"] = float(reduce[how](values))
     return out
 
 
 def layer_scalars(record: dict[str, Any]) -> dict[str, float]:
     """Per-layer figures (TensorBoard only): spectrum measures and the diagnostics' first stat."""
-    out = {f"genlora/{key}/{name}": layer[key] for key in SPECTRUM_KEYS for name, layer in record["layers"].items()}
-    for name, groups in record["drift"].items():
+    out = {f"adapter/{key}/{name}": layer[key] for key in SPECTRUM_KEYS for name, layer in record["layers"].items()}
+    for name, groups in record["diagnostics"].items():
         for group, stats in groups.items():
-            out.update({f"genlora/{stat}_{group}/{name}": value for stat, value in stats.items()})
+            out.update({f"adapter/{stat}_{group}/{name}": value for stat, value in stats.items()})
     return {k: v for k, v in out.items() if math.isfinite(v)}
 
 
@@ -70,7 +70,7 @@ class AdapterMonitor(L.Callback):
 
     Args:
         log_every_n_steps: optimizer steps between measurements; 0 turns them off.
-        plots: write ``spectra.png`` and ``drift.png`` at the end of fit.
+        plots: write ``spectra.png`` and ``diagnostics.png`` at the end of fit.
     """
 
     def __init__(self, log_every_n_steps: int = 50, plots: bool = True) -> None:
@@ -95,7 +95,7 @@ class AdapterMonitor(L.Callback):
         """Spectra and diagnostics of the adapted layers (of those whose ids ``only`` holds)."""
         spectra = adapter_spectra(backbone, only)
         layers = {name: {**s.as_dict(), "singular_values": s.singular_values.tolist()} for name, s in spectra.items()}
-        return {"step": step, "layers": layers, "drift": adapter_diagnostics(backbone, only)}
+        return {"step": step, "layers": layers, "diagnostics": adapter_diagnostics(backbone, only)}
 
     def record(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Measure on rank zero; every rank takes part when sharded parameters must be gathered (under
@@ -104,16 +104,16 @@ class AdapterMonitor(L.Callback):
         if self.last_recorded == step:  # the same on every rank, so all of them skip or all gather
             return
         self.last_recorded = step
-        record: dict[str, Any] | None = {"step": step, "layers": {}, "drift": {}} if trainer.is_global_zero else None
+        record: dict[str, Any] | None = {"step": step, "layers": {}, "diagnostics": {}} if trainer.is_global_zero else None
         for only in gathered_in_turn(trainer.strategy.model, pl_module.backbone):
             if record is not None:
                 part = self.measure(pl_module.backbone, step, only)
                 record["layers"].update(part["layers"])
-                record["drift"].update(part["drift"])
+                record["diagnostics"].update(part["diagnostics"])
         if record is not None:  # in the model's order, whatever order the parts came in
             order = list(adapter_layers(pl_module.backbone))
             record["layers"] = {n: record["layers"][n] for n in order if n in record["layers"]}
-            record["drift"] = {n: record["drift"][n] for n in order if n in record["drift"]}
+            record["diagnostics"] = {n: record["diagnostics"][n] for n in order if n in record["diagnostics"]}
         if record is None:
             return
         self.history.append(record)
@@ -125,7 +125,7 @@ class AdapterMonitor(L.Callback):
             logger.log_metrics({**summary, **layer_scalars(record)}, step=step)
             for name, layer in record["layers"].items():
                 logger.experiment.add_histogram(
-                    f"genlora_spectrum/{name}", torch.tensor(layer["singular_values"]), step
+                    f"adapter_spectrum/{name}", torch.tensor(layer["singular_values"]), step
                 )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -133,7 +133,7 @@ class AdapterMonitor(L.Callback):
             return
         if trainer.is_global_zero:
             report = parameter_report(pl_module.backbone)
-            print(f"GenLoRA: {len(report.layers)} {report.adapter} adapters\n{report}")
+            print(f"Adapters: {len(report.layers)} {report.adapter} adapters\n{report}")
         if self.log_every_n_steps:
             self.record(trainer, pl_module)
 
@@ -175,7 +175,7 @@ class AdapterMonitor(L.Callback):
         for cls in classes:
             if cls.diagnostics_summary:
                 figures.append(
-                    ("drift.png", plot_diagnostics(self.history, cls.diagnostics_summary, cls.diagnostics_alarms))
+                    ("diagnostics.png", plot_diagnostics(self.history, cls.diagnostics_summary, cls.diagnostics_alarms))
                 )
         for name, figure in figures:
             if figure is None:
@@ -183,7 +183,7 @@ class AdapterMonitor(L.Callback):
             atomic_write(folder / name, lambda tmp, f=figure: f.savefig(tmp, format="png", dpi=110))
             for logger in trainer.loggers:
                 if isinstance(logger, TensorBoardLogger):
-                    logger.experiment.add_figure(f"genlora/{name[:-4]}", figure, trainer.global_step)
+                    logger.experiment.add_figure(f"adapter/{name[:-4]}", figure, trainer.global_step)
 
     def results(self, trainer: L.Trainer, backbone: nn.Module, folder: os.PathLike) -> dict[str, Any]:
         """What ``results.json`` holds: the adapter, its parameter budget, the last spectrum
@@ -259,7 +259,7 @@ class AdapterMonitor(L.Callback):
         rows += [(f"best {k}", f"{v:.4f}") for k, v in results["best"].items()]
         rows.append(("plots, spectra and results.json", results["run_dir"]))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(["GenLoRA summary", *(f"  {k:<{width}}  {v}" for k, v in rows)])
+        return "\n".join(["Adapter summary", *(f"  {k:<{width}}  {v}" for k, v in rows)])
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
@@ -267,9 +267,3 @@ class AdapterMonitor(L.Callback):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best = dict(state.get("best", {}))
-
-    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
-        # checkpoints written before the monitor was split off kept "best" in the adapter callback's state
-        legacy = checkpoint.get("callbacks", {}).get("GenLoRACallback", {})
-        if "best" in legacy:
-            self.best = dict(legacy["best"])

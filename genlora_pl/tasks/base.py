@@ -2,7 +2,7 @@
 adapts it, trained-only checkpoints that refuse to load into another model, and the optimizer.
 
 It knows nothing about GenLoRA beyond one hook: whoever wants to change the backbone (the
-``GenLoRACallback``) registers a function with :meth:`AdapterTask.adapt_backbone`, which runs right
+``AdapterCallback``) registers a function with :meth:`AdapterTask.adapt_backbone`, which runs right
 after the backbone is built in ``configure_model`` (or at once when it already exists). That keeps
 injection before the strategy's DDP/FSDP wrap and before the optimizer is built.
 
@@ -27,10 +27,10 @@ from torch import nn
 
 from genlora_pl.adapters import AdapterLayer, config_differences
 from genlora_pl.checkpoints import adapter_config_of
+from genlora_pl.compat import FORMAT_VERSION, migrate_checkpoint
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 from genlora_pl.errors import first_line
 from genlora_pl.injection import CONFIG_ATTR, adapter_layers, head_names
-from genlora_pl.tasks.migration import FORMAT_VERSION, migrate_optimizer_state
 
 
 def _adamw(params: Any) -> torch.optim.Optimizer:
@@ -324,5 +324,4 @@ class AdapterTask(L.LightningModule):
                 "adapter or target set."
             )
         self.strict_loading = not checkpoint.get("trained_only", False)
-        if checkpoint.get("format_version", 1) < FORMAT_VERSION:
-            migrate_optimizer_state(checkpoint, self)
+        migrate_checkpoint(checkpoint, self)  # compat: 0.1 layouts

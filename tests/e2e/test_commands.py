@@ -94,13 +94,13 @@ def test_fit_timm_end_to_end_writes_logs_plots_and_small_checkpoints(tmp_path, v
         "val/loss",
         "val/acc",
         "val/acc_top5",
-        "genlora/effective_rank/mean",
-        "genlora/stable_rank/mean",
-        "genlora/energy_rank/mean",
-        "genlora/top_singular_value/mean",
-        "genlora/relative_norm/mean",
-        "genlora/center_drift_A/mean",
-        "genlora/center_min_scaled_distance_A/min",
+        "adapter/effective_rank/mean",
+        "adapter/stable_rank/mean",
+        "adapter/energy_rank/mean",
+        "adapter/top_singular_value/mean",
+        "adapter/relative_norm/mean",
+        "adapter/center_drift_A/mean",
+        "adapter/center_min_scaled_distance_A/min",
     ):
         assert key in columns, key
     # per-layer figures stay out of metrics.csv (spectra.json and TensorBoard have them)
@@ -109,14 +109,14 @@ def test_fit_timm_end_to_end_writes_logs_plots_and_small_checkpoints(tmp_path, v
     results = json.loads(next(tmp_path.rglob("results.json")).read_text())
     assert results["parameters"]["adapted_layers"] == 8 and results["global_step"] == 6
     assert 0 <= results["best"]["val/acc"] <= 1 and "val/acc" in results["final"]
-    for name in ("spectra.png", "drift.png", "spectra.json"):
+    for name in ("spectra.png", "diagnostics.png", "spectra.json"):
         files = list(tmp_path.rglob(name))
         assert files and files[0].stat().st_size > 1000, name
     history = json.loads(next(tmp_path.rglob("spectra.json")).read_text())["history"]
     assert [h["step"] for h in history] == [0, 2, 4, 6]
     assert history[-1]["layers"]["blocks.0.attn.qkv"]["effective_rank"] > 0
     out = capsys.readouterr()
-    assert "GenLoRA summary" in out.out + out.err and "best val/acc" in out.out + out.err
+    assert "Adapter summary" in out.out + out.err and "best val/acc" in out.out + out.err
 
     ckpt = next(tmp_path.rglob("last.ckpt"))
     state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
@@ -144,9 +144,9 @@ def test_fit_hf_text_end_to_end_and_export(tmp_path):
     ]
     assert main(args) == 0
     columns = metrics_columns(tmp_path)
-    assert "val/acc" in columns and "genlora/effective_rank/mean" in columns
+    assert "val/acc" in columns and "adapter/effective_rank/mean" in columns
     assert "val/acc_top5" not in columns  # two classes: no top-5
-    assert "genlora/center_drift_A/mean" not in columns  # LoRA has no RBF centres
+    assert "adapter/center_drift_A/mean" not in columns  # LoRA has no RBF centres
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

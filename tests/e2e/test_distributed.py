@@ -84,7 +84,7 @@ def test_fsdp2_matches_an_unsharded_run(tmp_path, weights):
     assert not torch.equal(a["backbone.blocks.0.attn.qkv.amps_B"], torch.zeros(8))
     # the spectra, measured block by block on the sharded model, are those of the unsharded one
     spectra = [json.loads(next(f.rglob("spectra.json")).read_text())["history"][-1] for f in (sharded, single)]
-    assert list(spectra[0]["layers"]) == list(spectra[1]["layers"]) and spectra[0]["drift"].keys()
+    assert list(spectra[0]["layers"]) == list(spectra[1]["layers"]) and spectra[0]["diagnostics"].keys()
     for name, layer in spectra[0]["layers"].items():
         other = spectra[1]["layers"][name]
         assert abs(layer["effective_rank"] - other["effective_rank"]) < 1e-3, name

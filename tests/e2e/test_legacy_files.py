@@ -75,7 +75,7 @@ def test_legacy_checkpoint_restores_exports_and_evaluates(legacy, method, capsys
 def test_legacy_optimizer_moments_land_on_the_same_parameters(legacy, method):
     import copy
 
-    from genlora_pl.tasks.migration import legacy_parameter_order, migrate_optimizer_state
+    from genlora_pl.compat import legacy_parameter_order, migrate_optimizer_state
 
     checkpoint = read_checkpoint(f"fit_{method}.ckpt")
     old = copy.deepcopy(checkpoint["optimizer_states"][0])

@@ -107,5 +107,5 @@ def test_quick_start_main_job_learns(tmp_path):
     accuracy = float(re.search(r"best val/acc\s+([0-9.]+)", text).group(1))
     assert accuracy > 0.8  # 5 balanced-ish classes: chance is about 0.2
     run = tmp_path / "outputs" / "quickstart" / "tb" / "version_0"
-    for name in ("spectra.png", "drift.png", "results.json", "checkpoints/last.ckpt"):
+    for name in ("spectra.png", "diagnostics.png", "results.json", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name

@@ -38,7 +38,7 @@ def test_run_folder_and_adapter_config(tmp_path):
     assert run_folder(tmp_path / "run" / "version_3" / "checkpoints" / "last.ckpt") == tmp_path / "run" / "version_3"
     assert run_folder(tmp_path / "elsewhere.ckpt") is None and run_folder(None) is None
     checkpoint = {
-        "callbacks": {"FaultTolerance": {"rng": {}}, "GenLoRACallback": {"config": {"adapter": "lora", "r": 2}}}
+        "callbacks": {"FaultTolerance": {"rng": {}}, "AdapterCallback": {"config": {"adapter": "lora", "r": 2}}}
     }
     assert adapter_config_of(checkpoint) == {"adapter": "lora", "r": 2}
     assert adapter_config_of({"callbacks": {}}) is None

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "genlora_pl"
 LAYERS = [
     {"errors", "files", "schedules", "plots", "console", "quantize"},
     {"adapters"},
-    {"injection", "distributed"},
+    {"injection", "distributed", "compat"},
     {"state", "spectra", "backbones", "checkpoints"},
     {"data", "tasks"},
     {"callbacks", "export"},
@@ -23,6 +23,7 @@ LAYERS = [
 LAZY = {
     ("__main__", "genlora_pl.cli"): "--help answers before Lightning and torch are imported",
     ("__main__", "genlora_pl.export.checkpoint"): "--help answers before Lightning and torch are imported",
+    ("compat", "genlora_pl.adapters.genlora"): "the package __init__ installs compat's module redirects before torch",
 }
 
 

@@ -16,7 +16,7 @@ def history() -> list[dict]:
         f"l{i}": {side: {stat: 0.05 * (i + 1) for stat in GenLoRALayer.diagnostics_summary} for side in "AB"}
         for i in range(3)
     }
-    return [{"step": s, "layers": layers, "drift": drift} for s in (0, 5)]
+    return [{"step": s, "layers": layers, "diagnostics": drift} for s in (0, 5)]
 
 
 def test_spectra_figure_has_a_colour_bar_over_the_layers():

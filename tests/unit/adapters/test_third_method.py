@@ -11,7 +11,7 @@ from helpers import small_trainer
 from conftest import make_vit, output
 from genlora_pl import adapter_spectra, export_peft, inject_adapters, load_adapter, merge_and_unload, save_adapter
 from genlora_pl.adapters import METHODS, config_from_dict
-from genlora_pl.callbacks import AdapterMonitor, GenLoRACallback
+from genlora_pl.callbacks import AdapterMonitor, AdapterCallback
 from genlora_pl.injection import adapter_layers
 from genlora_pl.spectra import parameter_report
 from genlora_pl.tasks import ClassificationModule
@@ -93,7 +93,7 @@ def test_a_lightning_fit_trains_only_its_parameters(tmp_path, lora_fa):
         pretrained=False,
         backbone_kwargs={"img_size": 32, "patch_size": 8, "depth": 2},
     )
-    callback = GenLoRACallback(method="lora_fa", r=2, target_modules=TARGETS, options={"a_scale": 2.0})
+    callback = AdapterCallback(method="lora_fa", r=2, target_modules=TARGETS, options={"a_scale": 2.0})
     trainer = small_trainer(tmp_path, [callback, AdapterMonitor(log_every_n_steps=1, plots=False)], max_steps=2)
     trainer.fit(module, datamodule=Images())
     layers = adapter_layers(module.backbone)

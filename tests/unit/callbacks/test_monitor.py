@@ -18,23 +18,23 @@ def test_summary_reduces_as_the_method_declares_and_per_layer_stays_apart():
     record = AdapterMonitor.measure(model, step=3)
     summary = summary_scalars(record, adapter_layers(model))
     ranks = [layer["effective_rank"] for layer in record["layers"].values()]
-    assert summary["genlora/effective_rank/mean"] == sum(ranks) / len(ranks)
-    closest = [d["A"]["center_min_distance"] for d in record["drift"].values()]
-    assert summary["genlora/center_min_distance_A/min"] == min(closest)
+    assert summary["adapter/effective_rank/mean"] == sum(ranks) / len(ranks)
+    closest = [d["A"]["center_min_distance"] for d in record["diagnostics"].values()]
+    assert summary["adapter/center_min_distance_A/min"] == min(closest)
     assert not [k for k in summary if "blocks." in k]
     per_layer = layer_scalars(record)
-    assert "genlora/effective_rank/blocks.0.attn.qkv" in per_layer
-    assert "genlora/center_drift_mean_B/blocks.1.mlp.fc1" in per_layer
+    assert "adapter/effective_rank/blocks.0.attn.qkv" in per_layer
+    assert "adapter/center_drift_mean_B/blocks.1.mlp.fc1" in per_layer
 
 
 def test_lora_has_spectra_but_no_diagnostics():
     model = make_vit()
     inject_adapters(model, LoRAConfig(r=2, target_modules=["qkv"]))
     record = AdapterMonitor.measure(model, step=0)
-    assert record["drift"] == {} and set(record["layers"]) == {"blocks.0.attn.qkv", "blocks.1.attn.qkv"}
+    assert record["diagnostics"] == {} and set(record["layers"]) == {"blocks.0.attn.qkv", "blocks.1.attn.qkv"}
     summary = summary_scalars(record, adapter_layers(model))
     assert set(summary) == {
-        f"genlora/{k}/mean"
+        f"adapter/{k}/mean"
         for k in ("effective_rank", "stable_rank", "energy_rank", "top_singular_value", "relative_norm")
     }
     assert torch.isfinite(torch.tensor(list(summary.values()))).all()

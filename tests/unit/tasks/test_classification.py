@@ -1,4 +1,4 @@
-"""ClassificationModule and GenLoRACallback through the Python API."""
+"""ClassificationModule and AdapterCallback through the Python API."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from helpers import small_trainer as trainer
 from helpers import write_text_csv, write_tiny_bert
 from torch import nn
 
-from genlora_pl.callbacks import AdapterMonitor, GenLoRACallback
+from genlora_pl.callbacks import AdapterMonitor, AdapterCallback
 from genlora_pl.data import TextClassificationData
 from genlora_pl.injection import adapter_layers
 from genlora_pl.schedules import Schedule
@@ -40,7 +40,7 @@ class OptimizerProbe(L.Callback):
 def test_optimizer_holds_exactly_adapters_and_head(tmp_path, bert, method):
     probe = OptimizerProbe()
     module = ClassificationModule(backbone=f"hf:{bert}", num_classes=2)
-    trainer(tmp_path, [GenLoRACallback(method=method, r=4), probe], max_steps=1).fit(
+    trainer(tmp_path, [AdapterCallback(method=method, r=4), probe], max_steps=1).fit(
         module, datamodule=text_data(tmp_path, bert)
     )
     assert probe.optimized == probe.trainable == probe.expected
@@ -51,7 +51,7 @@ def test_head_only_and_full_finetuning(tmp_path, bert):
     for head_only, expect_all in ((True, False), (False, True)):
         probe = OptimizerProbe()
         module = ClassificationModule(backbone=f"hf:{bert}", num_classes=2, head_only=head_only)
-        trainer(tmp_path, [GenLoRACallback(method="none"), probe], max_steps=1).fit(
+        trainer(tmp_path, [AdapterCallback(method="none"), probe], max_steps=1).fit(
             module, datamodule=text_data(tmp_path, bert)
         )
         everything = {id(p) for p in module.parameters()}
@@ -68,7 +68,7 @@ def test_callback_anneals_gate_and_temperature(tmp_path, bert):
             layer = next(iter(adapter_layers(pl_module.backbone).values()))
             seen.append((trainer.global_step - 1, float(layer.gate), float(layer.temperature)))
 
-    cb = GenLoRACallback(
+    cb = AdapterCallback(
         r=4,
         gate=Schedule("linear", start=0.0, end=1.0, fraction=0.5),
         temperature=Schedule("cosine", start=3.0, end=1.0),
@@ -88,14 +88,14 @@ def test_tensorboard_gets_spectrum_histograms_and_figures(tmp_path, bert):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logger = TensorBoardLogger(tmp_path, name="tb")
-    trainer(tmp_path, [GenLoRACallback(r=4), AdapterMonitor(log_every_n_steps=2)], logger=logger).fit(
+    trainer(tmp_path, [AdapterCallback(r=4), AdapterMonitor(log_every_n_steps=2)], logger=logger).fit(
         ClassificationModule(backbone=f"hf:{bert}", num_classes=2), datamodule=text_data(tmp_path, bert)
     )
     events = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0, "images": 0}).Reload()
     tags = events.Tags()
-    assert any(t.startswith("genlora_spectrum/bert.encoder.layer.0") for t in tags["histograms"])
-    assert {"genlora/spectra", "genlora/drift"} <= set(tags["images"])
-    assert "genlora/effective_rank/mean" in tags["scalars"]
+    assert any(t.startswith("adapter_spectrum/bert.encoder.layer.0") for t in tags["histograms"])
+    assert {"adapter/spectra", "adapter/diagnostics"} <= set(tags["images"])
+    assert "adapter/effective_rank/mean" in tags["scalars"]
 
 
 def test_trained_state_keys_include_norm_statistics_and_adapter_buffers():
@@ -123,7 +123,7 @@ def test_trained_state_keys_see_through_wrappers():
 
 def test_checkpoint_for_another_adapter_is_refused(tmp_path, bert):
     module = ClassificationModule(backbone=f"hf:{bert}", num_classes=2)
-    cb = GenLoRACallback(method="lora", r=4)
+    cb = AdapterCallback(method="lora", r=4)
     t = trainer(tmp_path, [cb], max_steps=1, enable_checkpointing=True)
     t.fit(module, datamodule=text_data(tmp_path, bert))
     path = tmp_path / "x.ckpt"
@@ -132,7 +132,7 @@ def test_checkpoint_for_another_adapter_is_refused(tmp_path, bert):
     with pytest.raises(
         ValueError, match=r"x.ckpt was saved for another model \(adapter='lora' there, 'genlora' here; "
     ):
-        trainer(tmp_path, [GenLoRACallback(method="genlora", r=4)], max_steps=2).fit(
+        trainer(tmp_path, [AdapterCallback(method="genlora", r=4)], max_steps=2).fit(
             other, datamodule=text_data(tmp_path, bert), ckpt_path=path
         )
 
@@ -155,16 +155,16 @@ def test_global_batch_size_is_split_over_processes(tmp_path, bert):
 
 def test_lora_and_genlora_settings_are_checked_by_the_callback():
     with pytest.raises(ValueError, match=r"\['kernel'\] are not settings of method='lora'; it takes no options"):
-        GenLoRACallback(method="lora", options={"kernel": "gaussian"})
+        AdapterCallback(method="lora", options={"kernel": "gaussian"})
     with pytest.raises(ValueError, match=r"\['rank'\] are not settings of method='genlora'; its options are"):
-        GenLoRACallback(options={"rank": 4})
+        AdapterCallback(options={"rank": 4})
     with pytest.raises(ValueError, match="log_every_n_steps=-1"):
         AdapterMonitor(log_every_n_steps=-1)
 
 
 def test_moved_callback_keys_still_work_with_a_deprecation_warning():
-    with pytest.warns(FutureWarning, match="adapter.group_size, adapter.kernel moved into adapter.options"):
-        cb = GenLoRACallback(group_size=4, kernel="inverse_quadratic", options={"width0": 0.5})
+    with pytest.warns(FutureWarning, match="adapter.group_size is now adapter.options.group_size"):
+        cb = AdapterCallback(group_size=4, kernel="inverse_quadratic", options={"width0": 0.5})
     assert (cb.config.group_size, cb.config.kernel, cb.config.width0) == (4, "inverse_quadratic", 0.5)
-    with pytest.warns(FutureWarning, match="moved to the monitor section: add AdapterMonitor"):
-        GenLoRACallback(log_every_n_steps=3)
+    with pytest.warns(FutureWarning, match="adapter.log_every_n_steps is now monitor.log_every_n_steps .add AdapterMonitor"):
+        AdapterCallback(log_every_n_steps=3)

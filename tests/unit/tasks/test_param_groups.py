@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers import small_trainer
 
-from genlora_pl.callbacks import GenLoRACallback
+from genlora_pl.callbacks import AdapterCallback
 from genlora_pl.injection import adapter_layers
 from genlora_pl.tasks import ClassificationModule
 
@@ -27,7 +27,7 @@ def module(**kw) -> ClassificationModule:
 
 
 def optimizer_of(m: ClassificationModule, method: str = "genlora") -> torch.optim.Optimizer:
-    callback = GenLoRACallback(method=method, r=4, target_modules=TARGETS)
+    callback = AdapterCallback(method=method, r=4, target_modules=TARGETS)
     m.adapt_backbone("genlora", callback.inject)
     m.configure_model()
     return m.configure_optimizers()
@@ -89,7 +89,7 @@ def test_each_group_is_logged_and_the_scheduler_scales_each(tmp_path):
     m = module(adapter_lr=2e-2, lr_scheduler=lambda opt: WarmupDecay(opt, warmup_fraction=0.5))
     small_trainer(
         tmp_path,
-        [GenLoRACallback(r=4, target_modules=TARGETS), LearningRateMonitor()],
+        [AdapterCallback(r=4, target_modules=TARGETS), LearningRateMonitor()],
         logger=Recorder(),
         max_steps=4,
         log_every_n_steps=1,
@@ -119,7 +119,7 @@ def test_freeze_batchnorm_keeps_the_pretrained_statistics(tmp_path, freeze):
     m.configure_model()
     before = {n: b.clone() for n, b in m.backbone.named_buffers() if n.endswith("running_mean")}
     Watch.modes = []
-    small_trainer(tmp_path, [GenLoRACallback(r=2, target_modules="all-linear"), Watch()], max_steps=2).fit(
+    small_trainer(tmp_path, [AdapterCallback(r=2, target_modules="all-linear"), Watch()], max_steps=2).fit(
         m, datamodule=Images()
     )
     after = {n: b for n, b in m.backbone.named_buffers() if n.endswith("running_mean")}

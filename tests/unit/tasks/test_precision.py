@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import write_tiny_vit_weights
 
-from genlora_pl.callbacks import GenLoRACallback
+from genlora_pl.callbacks import AdapterCallback
 from genlora_pl.data import MNISTSubsetData
 from genlora_pl.injection import adapter_layers, merge_and_unload
 from genlora_pl.tasks import ClassificationModule
@@ -41,7 +41,7 @@ def run(weights, steps=3, precision="32-true", **module_kw):
         enable_progress_bar=False,
         enable_model_summary=False,
         limit_val_batches=0,
-        callbacks=[GenLoRACallback(r=8, target_modules=["attn.qkv", "mlp.fc1"], log_every_n_steps=0)],
+        callbacks=[AdapterCallback(r=8, target_modules=["attn.qkv", "mlp.fc1"], log_every_n_steps=0)],
     )
     trainer.fit(module, datamodule=data)
     return module, float(trainer.callback_metrics["train/loss"])

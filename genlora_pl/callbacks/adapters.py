@@ -1,5 +1,5 @@
-"""``GenLoRACallback``: puts adapters into the backbone, anneals them, and keeps their settings in
-checkpoints, the way Lightning's ``BaseFinetuning`` changes a model from a callback.
+"""``AdapterCallback``: puts the adapters of any method into the backbone, anneals them, and keeps
+their settings in checkpoints, the way Lightning's ``BaseFinetuning`` changes a model from a callback.
 
 - Injection happens through the module's ``adapt_backbone`` hook, registered in ``setup``: it runs
   right after the backbone is built in ``configure_model``, so before the strategy wraps the model
@@ -13,7 +13,6 @@ It changes training and does not watch it: spectra, drift, plots and the summary
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import asdict
 from typing import Any
 
@@ -21,15 +20,17 @@ import lightning as L
 import torch
 from torch import nn
 
+import genlora_pl.compat as compat
 from genlora_pl.adapters import AdapterConfig, config_class, config_differences, config_from_dict
 from genlora_pl.injection import adapter_layers, head_names, inject_adapters
 from genlora_pl.schedules import Schedule
 
-# Settings that used to be keys of this callback; accepted with a deprecation message until 0.3.
-_MOVED_TO_OPTIONS = ("group_size", "kernel", "width0")
+
+def __getattr__(name: str) -> Any:
+    return compat.renamed(__name__, name)  # GenLoRACallback, until 0.3
 
 
-class GenLoRACallback(L.Callback):
+class AdapterCallback(L.Callback):
     """Fine-tune with adapters.
 
     Args:
@@ -78,24 +79,14 @@ class GenLoRACallback(L.Callback):
         super().__init__()
         cls = config_class("genlora" if method == "none" else method)  # unknown names: one sentence
         self.method = method
-        options = dict(options or {})
-        legacy = {k: v for k, v in zip(_MOVED_TO_OPTIONS, (group_size, kernel, width0), strict=True) if v is not None}
-        if legacy:
-            warnings.warn(
-                f"adapter.{', adapter.'.join(legacy)} moved into adapter.options (e.g. --adapter.options."
-                f"{next(iter(legacy))} ...); the old keys go away in genlora_pl 0.3.",
-                FutureWarning,
-                stacklevel=2,
-            )
-            options = {**legacy, **options}
-        if log_every_n_steps is not None or plots is not None:
-            warnings.warn(
-                "adapter.log_every_n_steps and adapter.plots moved to the monitor section: add "
-                "AdapterMonitor(log_every_n_steps=..., plots=...) to the callbacks; these arguments do nothing "
-                "and go away in genlora_pl 0.3.",
-                FutureWarning,
-                stacklevel=2,
-            )
+        options = compat.moved_callback_arguments(
+            dict(options or {}),
+            group_size=group_size,
+            kernel=kernel,
+            width0=width0,
+            log_every_n_steps=log_every_n_steps,
+            plots=plots,
+        )
         unknown = sorted(set(options) - set(cls.options()))
         if unknown:
             valid = f"its options are {cls.options()}" if cls.options() else "it takes no options"
@@ -148,11 +139,11 @@ class GenLoRACallback(L.Callback):
             return
         if not hasattr(pl_module, "adapt_backbone"):
             raise TypeError(
-                f"GenLoRACallback needs a module with adapt_backbone() (like ClassificationModule), "
+                f"AdapterCallback needs a module with adapt_backbone() (an AdapterTask such as ClassificationModule), "
                 f"not {type(pl_module).__name__}."
             )
         self._new_head = getattr(pl_module, "new_head", head_names)
-        pl_module.adapt_backbone("genlora", self.inject)
+        pl_module.adapt_backbone("adapters", self.inject)
 
     # ----------------------------------------------------------------- annealing
     def apply_schedules(self, backbone: nn.Module, step: int, total: float) -> None:
