@@ -1,7 +1,7 @@
-"""The settings every adapter method shares, and the registry of methods.
+"""The settings every adapter method shares.
 
 A method subclasses :class:`AdapterConfig` with its own fields (next to its layer, in one file) and
-calls :func:`register`. Every config validates itself in ``__post_init__`` and names the wrong
+registers both (:mod:`genlora_pl.adapters.registry`). Every config validates itself in ``__post_init__`` and names the wrong
 value, so a bad YAML or a bad Python call fails before any model is touched. The fields follow
 PEFT's ``LoraConfig`` where the meaning is the same (``r``, ``target_modules``, ``exclude_modules``,
 ``modules_to_save``), so users can move between the two without relearning names.
@@ -13,10 +13,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
-
-if TYPE_CHECKING:
-    from genlora_pl.adapters.base import AdapterLayer
+from typing import Any, ClassVar
 
 
 def _check_patterns(name: str, value: Any, allow_none: bool) -> None:
@@ -109,57 +106,8 @@ class AdapterConfig:
         return [f.name for f in dataclasses.fields(cls) if f.name not in shared]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields plus the adapter name, the inverse of :func:`config_from_dict`."""
+        """JSON-ready fields plus the adapter name, the inverse of ``registry.config_from_dict``."""
         return {"adapter": self.name, **dataclasses.asdict(self)}
-
-
-# ----------------------------------------------------------------------------- the registry
-@dataclass(frozen=True)
-class Method:
-    """An adapter method: its config class and the layer class that wraps a base layer."""
-
-    config: type[AdapterConfig]
-    layer: type[AdapterLayer]
-
-
-METHODS: dict[str, Method] = {}
-
-
-def register(config: type[AdapterConfig], layer: type[AdapterLayer]) -> None:
-    """Make a method available by ``config.name`` everywhere (injection, files, CLI, export).
-
-    A method is one file: its config (a dataclass extending :class:`AdapterConfig`) and its layer
-    (extending ``AdapterLayer``), registered once at the bottom of that file.
-    """
-    if not config.name:
-        raise ValueError(f"{config.__name__} has no name; set the class variable name = '<method>'.")
-    known = METHODS.get(config.name)
-    if known is not None and known != Method(config, layer):
-        raise ValueError(f"adapter method {config.name!r} is already registered by {known.config.__name__}.")
-    METHODS[config.name] = Method(config, layer)
-
-
-def method(name: str) -> Method:
-    """The method registered under ``name``, or a ValueError listing the valid names."""
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"adapter={name!r} is unknown; choose one of {', '.join(sorted(METHODS))}.") from None
-
-
-def config_class(name: str) -> type[AdapterConfig]:
-    return method(name).config
-
-
-def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Rebuild a config written by :meth:`AdapterConfig.to_dict`; unknown keys are an error."""
-    data = dict(data)
-    cls = config_class(data.pop("adapter", None))
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.name} config keys {unknown}; valid keys are {sorted(known)}.")
-    return cls(**data)
 
 
 def config_differences(

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 from genlora_pl.adapters.base import AdapterLayer, real_device
-from genlora_pl.adapters.config import AdapterConfig, register
+from genlora_pl.adapters.config import AdapterConfig
+from genlora_pl.adapters.registry import register
 
 
 @dataclass
