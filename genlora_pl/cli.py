@@ -175,7 +175,11 @@ class GenLoRACLI(LightningCLI):
         hparams.pop("_instantiator", None)
         if not hparams:
             return
-        cls = task_class(checkpoint.get("task")) if "_class_path" in hparams else ClassificationModule
+        cls = (
+            task_class(checkpoint.get("task"), hparams["_class_path"])
+            if "_class_path" in hparams
+            else ClassificationModule
+        )
         accepted = set(inspect.signature(cls.__init__).parameters) | set(
             inspect.signature(AdapterTask.__init__).parameters
         )

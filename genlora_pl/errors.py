@@ -15,6 +15,9 @@ USER_ERRORS = (ValueError, TypeError, OSError, ModuleNotFoundError, KeyError, Fl
 # Lightning's own "your Trainer settings cannot work here" (no GPU for accelerator=gpu, ...), matched by
 # name so that this module stays importable without Lightning.
 USER_ERROR_NAMES = {"MisconfigurationException"}
+#: The registered tasks' class paths by name, filled by ``AdapterTask`` subclasses as they are defined
+#: (kept here, the bottom layer, so messages can name them without importing the tasks).
+TASK_PATHS: dict[str, str] = {}
 
 
 def first_line(err: BaseException) -> str:
@@ -75,7 +78,7 @@ def _task_problem(message: str) -> str | None:
         base = re.search(r"Subtypes: \[<class '([^']+)'>", message)
         kind = f"a subclass of {base.group(1)}" if base else "an importable class"
         if section.group(1) == "model":
-            kind += ": genlora_pl.tasks.ClassificationModule or genlora_pl.tasks.CausalLMModule"
+            kind += f": {' or '.join(sorted(TASK_PATHS.values()))}"
         detail = " ".join(body.split())
         return f"{section.group(1)}.class_path={head.group(2)!r} cannot be imported ({detail}); give {kind}."
     return f"{section.group(1)}.{one_line(ValueError(body))}"

@@ -40,14 +40,14 @@ FORMATS = ("merged", "peft", "adapter")
 
 def restore_module(checkpoint: dict[str, Any]) -> AdapterTask:
     """Rebuild the task module of a checkpoint with its adapters and trained weights, in eval mode."""
-    cls = task_class(checkpoint.get("task"))
+    cls = task_class(checkpoint.get("task"), checkpoint.get("task_class"))
     hparams = checkpoint.get("hyper_parameters", {})
     accepted = set(inspect.signature(cls.__init__).parameters) | set(inspect.signature(AdapterTask.__init__).parameters)
     module = cls(**{k: v for k, v in hparams.items() if k in accepted and k != "compile"})
     config = adapter_config_of(checkpoint)
     if config is not None:
         adapter = config_from_dict(config)
-        module.adapt_backbone("genlora", lambda backbone: inject_adapters(backbone, adapter))
+        module.adapt_backbone("adapters", lambda backbone: inject_adapters(backbone, adapter))
     module.on_load_checkpoint(checkpoint)  # builds the backbone and checks every key and shape
     module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
     return module.eval()
@@ -143,7 +143,7 @@ def export_checkpoint(
             save_adapter(module.backbone, folder / "adapter")
         if "peft" in formats:
             name = portable_name(module.backbone_name, module.hparams.get("base_model_id"))
-            export_peft(module.backbone, folder / "peft", base_model_name=name)
+            export_peft(module.backbone, folder / "peft", base_model_name=name, task_type=module.peft_task_type)
         if "merged" in formats:  # last: merging removes the adapter modules
             _save_merged(module.backbone, module.backbone_name, folder / "merged", module.hparams)
 
@@ -151,7 +151,7 @@ def export_checkpoint(
     written = {f: str(out / f) for f in formats}
     print(json.dumps(written, indent=2))
     peft_folder = out / "peft"
-    if "peft" in formats and checkpoint.get("task") == "causal_lm":
+    if "peft" in formats and module.peft_task_type == "CAUSAL_LM":
         command, problems = vllm_advice(json.loads((peft_folder / PEFT_CONFIG_NAME).read_text()), peft_folder)
         print(f"serve it with vLLM:\n  {command}")
         for problem in problems:

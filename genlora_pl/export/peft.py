@@ -59,12 +59,18 @@ def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def peft_config(model: nn.Module, base_model_name: str | None = None) -> dict[str, Any]:
+def guess_task_type(model: nn.Module) -> str | None:
+    """PEFT's ``task_type`` for a bare model: ``CAUSAL_LM`` for a transformers ``*ForCausalLM``, else
+    None (the generic ``PeftModel``). A task module knows better: its ``peft_task_type``."""
+    return "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None
+
+
+def peft_config(model: nn.Module, base_model_name: str | None = None, task_type: str | None = "auto") -> dict[str, Any]:
     """A PEFT ``LoraConfig`` as JSON: ``lora_alpha == r`` and per-layer ranks via ``rank_pattern``.
 
     ``base_model_name`` is what ``base_model_name_or_path`` says: give the hub id (or a portable
     name) the model came from; by default it is read off the model, which for a local copy is a
-    path on this machine."""
+    path on this machine. ``task_type`` is PEFT's (``auto``: :func:`guess_task_type`)."""
     config = model_config(model)
     layers = adapter_layers(model)
     ranks = {name: layer.r for name, layer in layers.items()}
@@ -73,7 +79,7 @@ def peft_config(model: nn.Module, base_model_name: str | None = None) -> dict[st
     patterns = {"rank_pattern": rank_pattern, "alpha_pattern": dict(rank_pattern)} if rank_pattern else {}
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM" if type(model).__name__.endswith("ForCausalLM") else None,
+        "task_type": guess_task_type(model) if task_type == "auto" else task_type,
         "base_model_name_or_path": base_model_name or _base_model_name(model),
         "r": r,
         "lora_alpha": r,
@@ -97,12 +103,14 @@ def target_names(model: nn.Module, adapted: list[str]) -> list[str]:
     return suffixes if chosen == set(adapted) else adapted
 
 
-def export_peft(model: nn.Module, directory: str | os.PathLike, base_model_name: str | None = None) -> Path:
+def export_peft(
+    model: nn.Module, directory: str | os.PathLike, base_model_name: str | None = None, task_type: str | None = "auto"
+) -> Path:
     """Write the model's adapters as a PEFT LoRA folder that ``PeftModel.from_pretrained`` loads
-    (built whole beside ``directory`` and renamed into place); ``base_model_name`` as in
-    :func:`peft_config`."""
+    (built whole beside ``directory`` and renamed into place); ``base_model_name`` and ``task_type``
+    as in :func:`peft_config`."""
     config = model_config(model)
-    state, peft_meta = peft_state_dict(model), peft_config(model, base_model_name)
+    state, peft_meta = peft_state_dict(model), peft_config(model, base_model_name, task_type)
     meta = {"exported_as": "peft-lora", "config": config.to_dict(), "layers": list(adapter_layers(model))}
 
     def fill(folder: Path) -> None:

@@ -10,8 +10,18 @@ The optimizer and LR scheduler are callables built in ``configure_optimizers`` f
 that require grad. (LightningCLI's own ``--optimizer`` would be built from ``model.parameters()``
 before the adapters exist and train nothing.)
 
-A task subclass says how to build its backbone (:meth:`AdapterTask.build_backbone`) and how to
-compute its loss and metrics; everything else lives here.
+A task is one file and one registration: a subclass that names itself (``task = "regression"``)
+is registered by that alone (:data:`TASKS`, what checkpoints and error messages name) and says
+
+- how to build its backbone (:meth:`AdapterTask.build_backbone`),
+- its loss (:meth:`AdapterTask.model_step`: ``(loss, outputs, targets)``) and its metrics
+  (:meth:`AdapterTask.build_metrics`: a ``MetricCollection`` fed ``(outputs, targets)``),
+- what a prediction is (:meth:`AdapterTask.predict_step`) and how it reads as JSONL rows
+  (:meth:`AdapterTask.prediction_rows`),
+- PEFT's ``task_type`` for its exports (:attr:`AdapterTask.peft_task_type`).
+
+The steps, the logging of loss and metrics per split, checkpoints, the optimizer and the adapter
+hook live here. A task that evaluates differently (the causal LM generates) overrides the steps.
 """
 
 from __future__ import annotations
@@ -24,12 +34,13 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
+from torchmetrics import MetricCollection
 
 from genlora_pl.adapters import AdapterLayer, config_differences
 from genlora_pl.checkpoints import adapter_config_of
 from genlora_pl.compat import FORMAT_VERSION, migrate_checkpoint
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
-from genlora_pl.errors import first_line
+from genlora_pl.errors import TASK_PATHS, first_line
 from genlora_pl.injection import CONFIG_ATTR, adapter_layers, head_names
 
 
@@ -46,6 +57,45 @@ def _clean(name: str) -> str:
     for prefix in _WRAPPER_PREFIXES:
         name = name.replace(prefix, "")
     return name
+
+
+#: The tasks by the name their checkpoints record (``checkpoint["task"]``), filled by subclassing.
+TASKS: dict[str, type[AdapterTask]] = {}
+
+
+def class_path(cls: type) -> str:
+    """Where a class is imported from: ours by the short path the package exports
+    (``genlora_pl.tasks.CausalLMModule``)."""
+    module = "genlora_pl.tasks" if cls.__module__.startswith("genlora_pl.tasks.") else cls.__module__
+    return f"{module}.{cls.__qualname__}"
+
+
+def task_class(name: str | None, path: str | None = None) -> type[AdapterTask]:
+    """The task module a checkpoint was written by: by its registered name, else by its class path
+    (imported: a task defined outside the package registers itself so); a checkpoint that names
+    neither is a classification one (written before tasks were recorded). A ValueError names the
+    known tasks."""
+    name = name or ("classification" if path is None else None)
+    if name in TASKS:
+        return TASKS[name]
+    if path:
+        import importlib
+
+        module, _, attr = path.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), attr, None)
+        except ImportError:
+            found = None
+        if isinstance(found, type) and issubclass(found, AdapterTask):
+            return found
+    raise ValueError(
+        f"task={name or path!r} is unknown; the known tasks are {', '.join(sorted(TASKS))}"
+        + (f" ({path} cannot be imported here)." if path else ".")
+    )
+
+
+def _batch_size(targets: Any) -> int | None:
+    return len(targets) if isinstance(targets, torch.Tensor) and targets.ndim else None
 
 
 def _number(value: Any) -> bool:
@@ -109,8 +159,26 @@ class AdapterTask(L.LightningModule):
             batch of the new domain (measured on EfficientNet-Lite0, see benchmarks/README.md).
     """
 
-    #: Name under which checkpoints record the task, so ``export`` rebuilds the right module.
+    #: Name under which checkpoints record the task, so ``export`` rebuilds the right module; a
+    #: subclass that sets it is registered in :data:`TASKS` by that alone.
     task: ClassVar[str] = ""
+    #: PEFT's ``task_type`` in exported adapter configs (``CAUSAL_LM``, ``SEQ_CLS``, ...); None: the
+    #: generic ``PeftModel``, which wraps any model.
+    peft_task_type: ClassVar[str | None] = None
+    #: The splits whose metrics :meth:`build_metrics` makes.
+    metric_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("task")
+        if not name:
+            return
+        path = class_path(cls)
+        known = TASKS.get(name)
+        if known is not None and class_path(known) != path:
+            raise ValueError(f"task {name!r} is already registered by {class_path(known)}; give {path} another name.")
+        TASKS[name] = cls
+        TASK_PATHS[name] = path
     #: Hyper-parameters that shape the trained weights: a checkpoint that differs in one is refused.
     shaping_hparams: ClassVar[tuple[str, ...]] = ("backbone", "backbone_kwargs", "head_only")
 
@@ -214,6 +282,56 @@ class AdapterTask(L.LightningModule):
         compiled = self.__dict__.get("_compiled")
         return compiled if compiled is not None else self.backbone
 
+    # ----------------------------------------------------------------- steps
+    def build_metrics(self, split: str) -> MetricCollection | None:
+        """The metrics of ``split`` (``train``, ``val``, ``test``), updated with ``(outputs, targets)``
+        of :meth:`model_step` and logged as ``<split>/<name>``; None: loss only."""
+        return None
+
+    def model_step(self, batch: Any) -> tuple[torch.Tensor, Any, Any]:
+        """``(loss, outputs, targets)`` of a batch; the metrics get ``outputs`` and ``targets``."""
+        raise NotImplementedError
+
+    def setup(self, stage: str) -> None:
+        if not self.__dict__.get("_metrics_built"):  # before the strategy moves the module to its device
+            for split in self.metric_splits:
+                metrics = self.build_metrics(split)
+                if metrics is not None:
+                    self.add_module(f"{split}_metrics", metrics)
+            self.__dict__["_metrics_built"] = True
+
+    def _step(self, batch: Any, split: str) -> torch.Tensor:
+        loss, outputs, targets = self.model_step(batch)
+        metric = self._modules.get(f"{split}_metrics")
+        size = _batch_size(targets)
+        if metric is not None:
+            metric(outputs, targets) if split == "train" else metric.update(outputs, targets)
+            self.log_dict(metric, batch_size=size)
+        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=split != "train", batch_size=size)
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Any:
+        """What ``predict`` returns for a batch; by default the outputs of :meth:`model_step`'s forward."""
+        return {"prediction": self(batch)}
+
+    def prediction_rows(self, output: Any, indices: list[int], describe: Callable[[int], dict] | None) -> list[dict]:
+        """One JSON-ready row per example of a :meth:`predict_step` output: its index in the prediction
+        split, what the data module says about the input (``describe``), and the prediction."""
+        values = output["prediction"].float().cpu().tolist()
+        return [
+            {"index": i, **(describe(i) if describe else {}), "prediction": value}
+            for i, value in zip(indices, values, strict=True)
+        ]
+
     # ----------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The trained parameters in named groups: ``head`` (everything trained that is not an
@@ -266,6 +384,7 @@ class AdapterTask(L.LightningModule):
         The frozen weights come back from the pretrained source when it is loaded; a randomly
         initialised backbone (``pretrained=False``) has no such source and is saved whole."""
         checkpoint["task"] = self.task
+        checkpoint["task_class"] = class_path(type(self))
         checkpoint["format_version"] = FORMAT_VERSION
         state = checkpoint["state_dict"]
         # A distributed checkpoint (FSDP2 DCP folder, FSDP1 sharded) holds DTensor / ShardedTensor

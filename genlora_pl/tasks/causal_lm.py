@@ -67,6 +67,8 @@ class CausalLMModule(AdapterTask):
     """
 
     task: ClassVar[str] = "causal_lm"
+    peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
+    metric_splits: ClassVar[tuple[str, ...]] = ()  # evaluation sums its own token counts (see _eval_step)
 
     def __init__(
         self,
@@ -115,6 +117,7 @@ class CausalLMModule(AdapterTask):
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
+        super().setup(stage)
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is not None and not hasattr(datamodule, "score"):
             raise ValueError(
@@ -193,11 +196,9 @@ class CausalLMModule(AdapterTask):
         correct = logits.argmax(-1) == target
         return token_loss, correct, mask.sum()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def model_step(self, batch: dict[str, Any]) -> tuple[torch.Tensor, None, torch.Tensor]:
         token_loss, _, _ = self.losses(batch)
-        loss = token_loss.mean()
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
-        return loss
+        return token_loss.mean(), None, batch["labels"]
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
         token_loss, correct, count = self.losses(batch)
@@ -244,6 +245,9 @@ class CausalLMModule(AdapterTask):
             for i, p, g, a in zip(batch["index"].tolist(), batch["prompts"], generations, batch["answers"], strict=True)
         ]
         return {"rows": rows}
+
+    def prediction_rows(self, output: dict[str, Any], indices: list[int], describe: Any) -> list[dict[str, Any]]:
+        return output["rows"]
 
     # ----------------------------------------------------------------- generation
     @torch.no_grad()

@@ -59,16 +59,15 @@ class ClassificationModule(AdapterTask):
         super().__init__(backbone, **kwargs)
         self.num_classes = num_classes
 
-        def metrics(split: str) -> MetricCollection:
-            m: dict[str, Any] = {
-                "acc": MulticlassAccuracy(num_classes, average="micro"),
-                "acc_balanced": MulticlassAccuracy(num_classes, average="macro"),
-            }
-            if num_classes > 5:
-                m["acc_top5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
-            return MetricCollection(m, prefix=f"{split}/")
-
-        self.train_metrics, self.val_metrics, self.test_metrics = metrics("train"), metrics("val"), metrics("test")
+    def build_metrics(self, split: str) -> MetricCollection:
+        n = self.num_classes
+        m: dict[str, Any] = {
+            "acc": MulticlassAccuracy(n, average="micro"),
+            "acc_balanced": MulticlassAccuracy(n, average="macro"),
+        }
+        if n > 5:
+            m["acc_top5"] = MulticlassAccuracy(n, top_k=5, average="micro")
+        return MetricCollection(m, prefix=f"{split}/")
 
     @property
     def class_names(self) -> list[str]:
@@ -116,25 +115,23 @@ class ClassificationModule(AdapterTask):
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.hparams.label_smoothing)
         return loss, logits, labels
 
-    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        loss, logits, labels = self.model_step(batch)
-        self.train_metrics(logits, labels)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log_dict(self.train_metrics)
-        return loss
-
-    def _eval_step(self, batch: Any, split: str, metrics: MetricCollection) -> None:
-        loss, logits, labels = self.model_step(batch)
-        metrics.update(logits, labels)
-        self.log(f"{split}/loss", loss, prog_bar=True, sync_dist=True)
-        self.log_dict(metrics)
-
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.val_metrics)
-
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test", self.test_metrics)
-
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
         probs = self(batch).float().softmax(-1)
         return {"probabilities": probs, "prediction": probs.argmax(-1)}
+
+    def prediction_rows(self, output: Any, indices: list[int], describe: Any) -> list[dict[str, Any]]:
+        """The predicted class name and every class's probability, by name."""
+        names = self.class_names
+        rows = []
+        for index, row in zip(indices, output["probabilities"].float().cpu().tolist(), strict=True):
+            labels = names if len(names) == len(row) else [str(k) for k in range(len(row))]
+            best = max(range(len(row)), key=row.__getitem__)
+            rows.append(
+                {
+                    "index": index,
+                    **(describe(index) if describe else {}),
+                    "prediction": labels[best],
+                    "probabilities": {labels[k]: round(p, 6) for k, p in enumerate(row)},
+                }
+            )
+        return rows
