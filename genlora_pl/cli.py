@@ -34,7 +34,7 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 import genlora_pl.compat as compat
-from genlora_pl.callbacks import AdapterMonitor, FaultTolerance, AdapterCallback, PredictionWriter
+from genlora_pl.callbacks import AdapterCallback, AdapterMonitor, FaultTolerance, PredictionWriter
 from genlora_pl.checkpoints import read_checkpoint, run_folder
 from genlora_pl.console import ProgressBar, quiet
 from genlora_pl.data import DataModule  # imports every data module: short class paths resolve
@@ -45,6 +45,7 @@ from genlora_pl.tasks import AdapterTask, ClassificationModule, task_class
 PROG = "python -m genlora_pl"
 SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
 EVALUATION = ("validate", "test", "predict")
+
 
 def shipped_configs() -> Path:
     """The folder of the configs that ship inside the package (``configs/`` in a source checkout)."""

@@ -102,7 +102,9 @@ def moved_callback_arguments(options: dict[str, Any], **old: Any) -> dict[str, A
     given = {k: v for k, v in old.items() if v is not None}
     for key in given:
         new = MOVED_ADAPTER_KEYS[key]
-        where = "add AdapterMonitor(...) to the callbacks; this argument does nothing" if new.startswith("monitor") else ""
+        where = (
+            "add AdapterMonitor(...) to the callbacks; this argument does nothing" if new.startswith("monitor") else ""
+        )
         _deprecated(f"adapter.{key}", new + (f" ({where})" if where else ""))
     moved = {k: v for k, v in given.items() if MOVED_ADAPTER_KEYS[k].startswith("adapter.options")}
     return {**moved, **options}
@@ -167,6 +169,7 @@ def migrate_optimizer_state(checkpoint: dict[str, Any], module: Any) -> None:
     parameter groups (see the module docstring); a state that does not fit is left alone, and
     Lightning's own check then names the difference."""
     import torch
+
     states = checkpoint.get("optimizer_states") or []
     if len(states) != 1 or len(states[0].get("param_groups", [])) != 1:
         return

@@ -21,7 +21,6 @@ from genlora_pl.adapters.registry import (
     register,
 )
 
-
 __all__ = [
     "METHODS",
     "AdapterConfig",

@@ -1,8 +1,9 @@
 """The settings every adapter method shares.
 
 A method subclasses :class:`AdapterConfig` with its own fields (next to its layer, in one file) and
-registers both (:mod:`genlora_pl.adapters.registry`). Every config validates itself in ``__post_init__`` and names the wrong
-value, so a bad YAML or a bad Python call fails before any model is touched. The fields follow
+registers both (:mod:`genlora_pl.adapters.registry`). Every config validates itself in
+``__post_init__`` and names the wrong value, so a bad YAML or a bad Python call fails before any
+model is touched. The fields follow
 PEFT's ``LoraConfig`` where the meaning is the same (``r``, ``target_modules``, ``exclude_modules``,
 ``modules_to_save``), so users can move between the two without relearning names.
 """

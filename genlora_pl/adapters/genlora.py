@@ -252,7 +252,6 @@ class GenLoRAGroup(nn.Module):
         return {**super().__getstate__(), "_cache": None}
 
 
-
 def _generator_tensor(name: str) -> property:
     """A layer's generator tensor: its own parameter, or its slice of the group's stack."""
 

@@ -8,7 +8,6 @@ from typing import Any
 
 import genlora_pl.compat as compat
 from genlora_pl.callbacks.adapters import AdapterCallback
-
 from genlora_pl.callbacks.faults import FaultTolerance, TrainingDiverged
 from genlora_pl.callbacks.monitor import AdapterMonitor
 from genlora_pl.callbacks.predictions import PredictionWriter

@@ -104,7 +104,9 @@ class AdapterMonitor(L.Callback):
         if self.last_recorded == step:  # the same on every rank, so all of them skip or all gather
             return
         self.last_recorded = step
-        record: dict[str, Any] | None = {"step": step, "layers": {}, "diagnostics": {}} if trainer.is_global_zero else None
+        record: dict[str, Any] | None = (
+            {"step": step, "layers": {}, "diagnostics": {}} if trainer.is_global_zero else None
+        )
         for only in gathered_in_turn(trainer.strategy.model, pl_module.backbone):
             if record is not None:
                 part = self.measure(pl_module.backbone, step, only)

@@ -38,6 +38,10 @@ def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarr
     return parts
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def limit(dataset: Dataset, count: int | None, seed: int) -> Dataset:
     """A seeded random subset of ``count`` examples (all of them when ``count`` is None)."""
     if count is None or count >= len(dataset):
@@ -171,8 +175,10 @@ class DataModule(L.LightningDataModule):
     Args:
         batch_size: global batch size over all devices and nodes.
         num_workers: loader worker processes per device.
-        val_fraction: share of the training data held out for validation when the dataset has no
-            validation split of its own.
+        val_fraction: share of the data held out for validation when the source has no validation
+            split of its own.
+        test_fraction: share held out for test when the source has no test split (a source with a
+            test split keeps it; one with neither gives up ``val_fraction + test_fraction`` < 1).
         max_train_samples: use a seeded random subset of the training split (small machines).
         max_eval_samples: the same for validation and test.
         eval_batch_size: global batch size of validation, test and predict (``null``: ``batch_size``);
@@ -186,6 +192,7 @@ class DataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         eval_batch_size: int | None = None,
@@ -196,8 +203,15 @@ class DataModule(L.LightningDataModule):
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name}={value!r} is not valid; give a positive integer.")
-        if not 0 < val_fraction < 1:
+        if not _number(val_fraction) or not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction!r} is not valid; it must lie in (0, 1).")
+        if not _number(test_fraction) or not 0 <= test_fraction < 1:
+            raise ValueError(f"test_fraction={test_fraction!r} is not valid; it must lie in [0, 1).")
+        if val_fraction + test_fraction >= 1:
+            raise ValueError(
+                f"val_fraction={val_fraction!r} and test_fraction={test_fraction!r} add up to "
+                f"{val_fraction + test_fraction:g} and leave no training data; keep their sum below 1."
+            )
         for name, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name}={value!r} is not valid; give a positive integer or null.")
@@ -205,6 +219,7 @@ class DataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
         self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.seed = seed
@@ -215,6 +230,19 @@ class DataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, Dataset]:
         """``{"train", "val", "test"}`` datasets (of ``(input, label)`` pairs for classification)."""
         raise NotImplementedError
+
+    def carve(self, n: int, *, val: bool = True, test: bool = True) -> dict[str, np.ndarray]:
+        """The one place splits are carved: row numbers of ``train`` and of whichever of ``val``
+        (``val_fraction``) and ``test`` (``test_fraction``) the source lacks, from one seeded
+        permutation of ``range(n)``; every row lands in exactly one part."""
+        fractions = [self.val_fraction if val else 0.0, self.test_fraction if test else 0.0]
+        parts = seeded_split(n, [1 - sum(fractions), *fractions], self.seed)
+        wanted = ("train", "val" if val else None, "test" if test else None)
+        return {name: part for name, part in zip(wanted, parts, strict=True) if name}
+
+    def carve_dataset(self, dataset: Dataset, *, val: bool = True, test: bool = True) -> dict[str, Dataset]:
+        """:meth:`carve` as ``Subset`` views of ``dataset``."""
+        return {name: Subset(dataset, rows) for name, rows in self.carve(len(dataset), val=val, test=test).items()}
 
     def wrap(self, split: str, dataset: Dataset) -> Dataset:
         """Attach the split's transform; image modules override it."""

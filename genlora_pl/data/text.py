@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from genlora_pl.backbones import hf_path
-from genlora_pl.data.base import ClassificationData, seeded_split
+from genlora_pl.data.base import ClassificationData
 from genlora_pl.data.tables import load_table, looks_local
 
 
@@ -36,15 +36,13 @@ class TextData(ClassificationData):
 
     Args:
         max_length: tokens per text after truncation.
-        test_fraction: share held out for test when the source has no test split.
     """
 
-    def __init__(self, max_length: int = 128, test_fraction: float = 0.15, **kwargs: Any) -> None:
+    def __init__(self, max_length: int = 128, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if max_length <= 0:
             raise ValueError(f"max_length={max_length!r} is not valid; give a positive number of tokens.")
         self.max_length = max_length
-        self.test_fraction = test_fraction
         self._tokenizer = None
 
     @property
@@ -64,12 +62,11 @@ class TextData(ClassificationData):
         )
         return {**enc, "labels": torch.tensor(labels)}
 
-    def split_all(self, data: TextDataset) -> dict[str, Dataset]:
-        frac = [1 - self.val_fraction - self.test_fraction, self.val_fraction, self.test_fraction]
-        parts = seeded_split(len(data), frac, self.seed)
+    def split_all(self, data: TextDataset, val: bool = True, test: bool = True) -> dict[str, TextDataset]:
+        """The parts of ``data`` that :meth:`carve` makes, as text datasets."""
         return {
-            name: TextDataset([data.texts[i] for i in idx], [data.labels[i] for i in idx])
-            for name, idx in zip(("train", "val", "test"), parts, strict=True)
+            name: TextDataset([data.texts[i] for i in rows], [data.labels[i] for i in rows])
+            for name, rows in self.carve(len(data), val=val, test=test).items()
         }
 
 
@@ -150,9 +147,7 @@ class TextClassificationData(TextData):
             if self.files[name] is not None:
                 splits[name] = self._dataset(read_records(self.files[name], *self.columns), self.files[name])
         if "val" not in splits:
-            tr, va = seeded_split(len(train), [1 - self.val_fraction, self.val_fraction], self.seed)
-            splits["train"] = TextDataset([train.texts[i] for i in tr], [train.labels[i] for i in tr])
-            splits["val"] = TextDataset([train.texts[i] for i in va], [train.labels[i] for i in va])
+            splits.update(self.split_all(train, test=False))
         splits.setdefault("test", splits["val"])
         return splits
 

@@ -179,6 +179,7 @@ class AdapterTask(L.LightningModule):
             raise ValueError(f"task {name!r} is already registered by {class_path(known)}; give {path} another name.")
         TASKS[name] = cls
         TASK_PATHS[name] = path
+
     #: Hyper-parameters that shape the trained weights: a checkpoint that differs in one is refused.
     shaping_hparams: ClassVar[tuple[str, ...]] = ("backbone", "backbone_kwargs", "head_only")
 

@@ -43,7 +43,11 @@ class Plain(nn.Module):
 
 MODELS = {
     "sequential_root_one_layer": (lambda: nn.Sequential(nn.Linear(64, 48)), ["0"], 64),
-    "sequential_root": (lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 4)), ["0", "2", "3"], 16),
+    "sequential_root": (
+        lambda: nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.Linear(32, 4)),
+        ["0", "2", "3"],
+        16,
+    ),
     "module_list_and_inner_sequential": (Stacked, ["blocks.0", "blocks.1", "blocks.2", "mlp.0", "mlp.2"], 16),
     "plain": (Plain, ["a", "b"], 16),
 }

@@ -15,7 +15,7 @@ def test_old_callback_name_answers_with_one_deprecation_line():
     for module in ("genlora_pl", "genlora_pl.callbacks", "genlora_pl.callbacks.adapters"):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            old = getattr(__import__(module, fromlist=["x"]), "GenLoRACallback")
+            old = __import__(module, fromlist=["x"]).GenLoRACallback
         assert old is AdapterCallback
         assert len(caught) == 1 and "GenLoRACallback is now" in str(caught[0].message)
     with pytest.warns(FutureWarning, match="genlora_pl.callbacks.genlora is now genlora_pl.callbacks.adapters"):
@@ -32,7 +32,12 @@ def test_the_public_api_is_listed_and_complete():
 
 
 def test_old_callback_state_moves_to_the_new_names():
-    checkpoint = {"callbacks": {"GenLoRACallback": {"config": {"adapter": "lora"}, "step": 3, "best": {"val/acc": 0.5}}}}
+    checkpoint = {
+        "callbacks": {"GenLoRACallback": {"config": {"adapter": "lora"}, "step": 3, "best": {"val/acc": 0.5}}}
+    }
     compat.migrate_checkpoint({**checkpoint, "format_version": 2}, module=None)
     state = checkpoint["callbacks"]
-    assert state == {"AdapterCallback": {"config": {"adapter": "lora"}, "step": 3}, "AdapterMonitor": {"best": {"val/acc": 0.5}}}
+    assert state == {
+        "AdapterCallback": {"config": {"adapter": "lora"}, "step": 3},
+        "AdapterMonitor": {"best": {"val/acc": 0.5}},
+    }

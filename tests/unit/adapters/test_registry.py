@@ -4,7 +4,6 @@ path of the module that registers it, imported on demand."""
 import sys
 
 import pytest
-import torch
 from torch import nn
 
 from genlora_pl import inject_adapters
@@ -12,7 +11,7 @@ from genlora_pl.adapters import METHODS, method
 from genlora_pl.callbacks import AdapterCallback
 from genlora_pl.injection import adapter_layers
 
-PLUGIN = '''
+PLUGIN = """
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -30,7 +29,7 @@ class HalfLoRALayer(LoRALayer):
 
 
 register(HalfLoRAConfig, HalfLoRALayer)
-'''
+"""
 
 
 @pytest.fixture
@@ -59,7 +58,9 @@ def test_a_dotted_path_imports_and_names_the_method_its_module_registers(plugin)
 
 
 def test_an_unknown_dotted_path_gets_one_sentence(plugin):
-    with pytest.raises(ValueError, match=r"adapter='my_pkg.nothing' is unknown; choose one of genlora, lora.*dotted path"):
+    with pytest.raises(
+        ValueError, match=r"adapter='my_pkg.nothing' is unknown; choose one of genlora, lora.*dotted path"
+    ):
         method("my_pkg.nothing")
 
 

@@ -11,7 +11,7 @@ from helpers import small_trainer
 from conftest import make_vit, output
 from genlora_pl import adapter_spectra, export_peft, inject_adapters, load_adapter, merge_and_unload, save_adapter
 from genlora_pl.adapters import METHODS, config_from_dict
-from genlora_pl.callbacks import AdapterMonitor, AdapterCallback
+from genlora_pl.callbacks import AdapterCallback, AdapterMonitor
 from genlora_pl.injection import adapter_layers
 from genlora_pl.spectra import parameter_report
 from genlora_pl.tasks import ClassificationModule

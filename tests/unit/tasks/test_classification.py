@@ -8,7 +8,7 @@ from helpers import small_trainer as trainer
 from helpers import write_text_csv, write_tiny_bert
 from torch import nn
 
-from genlora_pl.callbacks import AdapterMonitor, AdapterCallback
+from genlora_pl.callbacks import AdapterCallback, AdapterMonitor
 from genlora_pl.data import TextClassificationData
 from genlora_pl.injection import adapter_layers
 from genlora_pl.schedules import Schedule
@@ -166,5 +166,7 @@ def test_moved_callback_keys_still_work_with_a_deprecation_warning():
     with pytest.warns(FutureWarning, match="adapter.group_size is now adapter.options.group_size"):
         cb = AdapterCallback(group_size=4, kernel="inverse_quadratic", options={"width0": 0.5})
     assert (cb.config.group_size, cb.config.kernel, cb.config.width0) == (4, "inverse_quadratic", 0.5)
-    with pytest.warns(FutureWarning, match="adapter.log_every_n_steps is now monitor.log_every_n_steps .add AdapterMonitor"):
+    with pytest.warns(
+        FutureWarning, match="adapter.log_every_n_steps is now monitor.log_every_n_steps .add AdapterMonitor"
+    ):
         AdapterCallback(log_every_n_steps=3)
