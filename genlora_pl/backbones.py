@@ -9,6 +9,7 @@ about 5 s, and ``python -m genlora_pl --help`` or a bad config value must answer
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -577,3 +578,32 @@ def image_transforms(backbone: str | None, image_size: int | None = None) -> tup
     train = create_transform(**cfg, is_training=True)
     evaluate = create_transform(**cfg, is_training=False)
     return train, evaluate
+
+
+def save_backbone(plain: nn.Module, backbone_name: str, folder: Path) -> None:
+    """Write a merged timm or transformers backbone into ``folder`` in its library's own format:
+    ``save_pretrained`` (with its tokenizer or image processor when it can be found), or timm's
+    ``model.safetensors`` + ``config.json`` (architecture, classes, ``pretrained_cfg``)."""
+    spec = BackboneSpec.parse(backbone_name)
+    if spec.library == "hf":
+        plain.save_pretrained(folder, safe_serialization=True)
+        try:
+            from transformers import AutoProcessor, AutoTokenizer
+
+            loader = AutoTokenizer if hasattr(plain.config, "vocab_size") else AutoProcessor
+            loader.from_pretrained(hf_path(spec.name)).save_pretrained(folder)
+        except (OSError, ValueError):
+            pass  # the weights are what matter; a hub-only tokenizer may be unreachable offline
+        return
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, folder / "model.safetensors")
+    cfg = dict(getattr(plain, "pretrained_cfg", {}) or {})
+    meta = {
+        "architecture": spec.name.split(".")[0],
+        "num_classes": plain.num_classes if hasattr(plain, "num_classes") else None,
+        "pretrained_cfg": {
+            k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))
+        },
+    }
+    (folder / "config.json").write_text(json.dumps(meta, indent=2, default=list) + "\n")

@@ -2,11 +2,12 @@
 
 Writes into ``output_dir``:
 
-- ``merged/``: the backbone with every adapter merged, in its native format: a timm model as
+- ``merged/``: the backbone with every adapter merged, in its native format (the task's
+  ``save_merged``): a timm model as
   ``model.safetensors`` + ``config.json`` (``timm.create_model(arch, pretrained_cfg_overlay=
   {"file": ".../model.safetensors"}, num_classes=N)`` loads it; the class names are in
   ``config.json``'s ``pretrained_cfg.label_names``), a transformers model through ``save_pretrained``
-  with ``id2label`` and its tokenizer or image processor;
+  with ``id2label`` and its tokenizer or image processor; any other module as ``model.safetensors``;
 - ``peft/``: the adapters as a standard PEFT LoRA folder whose ``base_model_name_or_path`` is the
   backbone's hub id (or the name the config gave), not a path on this machine;
 - ``adapter/``: the genlora_pl adapter folder (``load_adapter``).
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from genlora_pl.adapters import config_from_dict
-from genlora_pl.backbones import BackboneSpec, hf_path, hub_id
+from genlora_pl.backbones import BackboneSpec, hub_id
 from genlora_pl.checkpoints import adapter_config_of, read_checkpoint
 from genlora_pl.export.peft import PEFT_CONFIG_NAME, export_peft, vllm_advice
 from genlora_pl.files import recover_folder, write_folder
@@ -60,7 +61,10 @@ def portable_name(backbone_name: str, base_model_id: str | None = None) -> str:
     named it."""
     if base_model_id:
         return base_model_id
-    spec = BackboneSpec.parse(backbone_name)
+    try:
+        spec = BackboneSpec.parse(backbone_name)
+    except ValueError:  # a task's own backbone, named its own way
+        return backbone_name
     if spec.library == "timm":
         return spec.name
     local = Path(spec.name).expanduser()
@@ -76,36 +80,14 @@ def portable_name(backbone_name: str, base_model_id: str | None = None) -> str:
     return known or spec.name
 
 
-def _save_merged(backbone: torch.nn.Module, backbone_name: str, folder: Path, hparams: Any = None) -> None:
-    hparams = hparams or {}
+def _save_merged(module: AdapterTask, folder: Path) -> None:
+    backbone, hparams = module.backbone, module.hparams
     if hparams.get("quantize"):  # an NF4 base merges into its dtype: a 4-bit weight would round the update away
         dtype = resolve_dtype(hparams.get("dtype", "auto"), "cuda" if torch.cuda.is_available() else "cpu")
         dequantize(backbone, dtype)
     plain = merge_and_unload(backbone)
-    spec = BackboneSpec.parse(backbone_name)
     folder.mkdir(parents=True)
-    if spec.library == "hf":
-        plain.save_pretrained(folder, safe_serialization=True)
-        try:
-            from transformers import AutoProcessor, AutoTokenizer
-
-            loader = AutoTokenizer if hasattr(plain.config, "vocab_size") else AutoProcessor
-            loader.from_pretrained(hf_path(spec.name)).save_pretrained(folder)
-        except (OSError, ValueError):
-            pass  # the weights are what matter; a hub-only tokenizer may be unreachable offline
-        return
-    from safetensors.torch import save_file
-
-    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, folder / "model.safetensors")
-    cfg = dict(getattr(plain, "pretrained_cfg", {}) or {})
-    meta = {
-        "architecture": spec.name.split(".")[0],
-        "num_classes": plain.num_classes if hasattr(plain, "num_classes") else None,
-        "pretrained_cfg": {
-            k: v for k, v in cfg.items() if isinstance(v, (str, int, float, bool, list, tuple, type(None)))
-        },
-    }
-    (folder / "config.json").write_text(json.dumps(meta, indent=2, default=list) + "\n")
+    module.save_merged(plain, folder)
 
 
 def export_checkpoint(
@@ -145,7 +127,7 @@ def export_checkpoint(
             name = portable_name(module.backbone_name, module.hparams.get("base_model_id"))
             export_peft(module.backbone, folder / "peft", base_model_name=name, task_type=module.peft_task_type)
         if "merged" in formats:  # last: merging removes the adapter modules
-            _save_merged(module.backbone, module.backbone_name, folder / "merged", module.hparams)
+            _save_merged(module, folder / "merged")
 
     write_folder(out, fill)
     written = {f: str(out / f) for f in formats}

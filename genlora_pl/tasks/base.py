@@ -26,8 +26,10 @@ hook live here. A task that evaluates differently (the causal LM generates) over
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 import lightning as L
@@ -332,6 +334,17 @@ class AdapterTask(L.LightningModule):
             {"index": i, **(describe(i) if describe else {}), "prediction": value}
             for i, value in zip(indices, values, strict=True)
         ]
+
+    # ----------------------------------------------------------------- export
+    def save_merged(self, plain: nn.Module, folder: Path) -> None:
+        """Write the merged backbone (no adapters left in it) into the existing ``folder`` for
+        ``export``'s ``merged/``: by default its state dict as ``model.safetensors`` and its class;
+        timm and transformers tasks write their library's own format."""
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, folder / "model.safetensors")
+        meta = {"class": class_path(type(plain)), "task": self.task, "backbone": self.backbone_name}
+        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     # ----------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:

@@ -57,13 +57,12 @@ class RegressionModule(AdapterTask):
 class RegressionData(DataModule):
     """``y = sin(x . w) + noise``, seeded: train, val and test carved from one table."""
 
-    def __init__(self, rows: int = 256, in_features: int = 8, test_fraction: float = 0.2, **kwargs: Any) -> None:
+    def __init__(self, rows: int = 256, in_features: int = 8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.rows, self.in_features, self.test_fraction = rows, in_features, test_fraction
+        self.rows, self.in_features = rows, in_features
 
     def load_splits(self) -> dict[str, TensorDataset]:
         g = torch.Generator().manual_seed(self.seed)
         x = torch.randn(self.rows, self.in_features, generator=g)
         y = torch.sin(x @ torch.randn(self.in_features, generator=g)) + 0.05 * torch.randn(self.rows, generator=g)
-        table = TensorDataset(x, y)
-        return self.carve(table, self.val_fraction, self.test_fraction)
+        return self.carve_dataset(TensorDataset(x, y))

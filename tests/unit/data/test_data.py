@@ -191,7 +191,9 @@ def test_resumable_sampler_state_travels_through_a_stateful_loader(keyed):
 
 @pytest.mark.parametrize("module", [BBCNewsData, MNISTSubsetData, TweetSentimentData])
 def test_impossible_fractions_are_refused_in_one_sentence(module):
-    with pytest.raises(ValueError, match=r"^val_fraction=0.6 and test_fraction=0.5 add up to 1.1 and leave no training"):
+    with pytest.raises(
+        ValueError, match=r"^val_fraction=0.6 and test_fraction=0.5 add up to 1.1 and leave no training"
+    ):
         module(val_fraction=0.6, test_fraction=0.5)
     with pytest.raises(ValueError, match=r"^test_fraction=-0.1 is not valid; it must lie in \[0, 1\)"):
         module(test_fraction=-0.1)

@@ -91,7 +91,9 @@ def test_bad_rows_name_file_line_and_fields(tmp_path, llama):
     (tmp_path / "late.jsonl").write_text(rows)
     with pytest.raises(ValueError, match="late.jsonl line 6 has an empty 'response'"):
         data(tmp_path / "late.jsonl", llama).setup()
-    with pytest.raises(ValueError, match="val_fraction=0.5 and test_fraction=0.5 add up to 1 and leave no training data"):
+    with pytest.raises(
+        ValueError, match="val_fraction=0.5 and test_fraction=0.5 add up to 1 and leave no training data"
+    ):
         data(tmp_path / "late.jsonl", llama, val_fraction=0.5, test_fraction=0.5)
     (tmp_path / "short.jsonl").write_text('{"prompt": "what is the sum of 1 and 2", "response": "3"}\n' * 12)
     with pytest.raises(ValueError, match="max_length=4 is shorter than every prompt"):
