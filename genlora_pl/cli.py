@@ -22,6 +22,7 @@ from __future__ import annotations
 import csv
 import inspect
 import json
+import os
 import shutil
 import sys
 import warnings
@@ -155,6 +156,38 @@ def _reopen_csv(logger: CSVLogger, step: int) -> None:
     writer.save()
 
 
+def requeue_id() -> str | None:
+    """``slurm-<job id>`` (``slurm-<array job>_<task>``) when the sbatch scripts ask for requeue-safe
+    runs (``GENLORA_PL_AUTO_RESUME=1``) inside a SLURM job, else None. A requeued job keeps its id, so
+    its loggers reopen the same version folder, and its fit resumes from what the last attempt saved."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("GENLORA_PL_AUTO_RESUME", "0") in ("0", "", "false") or not job:
+        return None
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"slurm-{array}_{task}" if array and task else f"slurm-{job}"
+
+
+def requeued_checkpoint(fit: Any) -> str | None:
+    """The newer (by modification time) of the SLURM requeue checkpoint Lightning writes on SIGUSR1
+    (``<default_root_dir>/hpc_ckpt_<n>.ckpt``) and the ``last.ckpt`` of this job's run folder (written at
+    epoch ends, every N steps, and on SIGTERM), or None on a job's first start."""
+    job = requeue_id()
+    root = Path(fit.trainer.get("default_root_dir") or ".")
+    found = sorted(root.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))[-1:]
+    for logger in _loggers(fit.trainer):
+        args = logger.init_args
+        folder = (
+            Path(args.get("save_dir") or root) / (args.get("name") or "lightning_logs") / (args.get("version") or job)
+        )
+        found += [p for p in [folder / "checkpoints" / "last.ckpt"] if p.is_file()]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    others = [str(p) for p in found if p != newest]
+    print(f"{job} restarted: resuming from {newest}" + (f" (newer than {', '.join(others)})" if others else ""))
+    return str(newest)
+
+
 class GenLoRACLI(LightningCLI):
     """LightningCLI with the ``adapter``, ``monitor``, ``faults`` and ``predictions`` sections
     always present (see the module docstring for where runs write)."""
@@ -167,6 +200,8 @@ class GenLoRACLI(LightningCLI):
         and only those the checkpoint's task takes: a link such as a classifier's ``num_classes`` is
         recorded for every task, and a causal LM would refuse it."""
         subcommand = self.config.get("subcommand")
+        if subcommand == "fit" and requeue_id() and not self.config.fit.get("ckpt_path"):
+            self.config.fit.ckpt_path = requeued_checkpoint(self.config.fit)
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if not (path and Path(path).is_file()):
             return
@@ -232,6 +267,10 @@ class GenLoRACLI(LightningCLI):
             # without a logger the checkpoint callbacks point elsewhere than in the fit: irrelevant here
             warnings.filterwarnings("ignore", message="The dirpath has changed")
         elif self.subcommand == "fit":
+            job = requeue_id()
+            for logger in _loggers(config.trainer) if job else []:
+                if logger.init_args.get("version") is None:  # one folder per job, kept across requeues
+                    logger.init_args.version = job
             self._continue_in_run_folder(config)
 
     @staticmethod

@@ -10,6 +10,8 @@ step-limited run would show ``Epoch 0/-2``. Nothing here changes a result.
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import warnings
 from typing import Any
 
@@ -67,7 +69,18 @@ def _step_description(trainer: Any, current_epoch: int) -> str:
 
 
 class RichStepProgressBar(RichProgressBar):
-    """Lightning's rich bar, with :func:`_step_description` as the training description."""
+    """Lightning's rich bar, with :func:`_step_description` as the training description. Written to a
+    file or a pipe (a batch job's log) it is 120 columns wide, not rich's 80, so the metrics are not
+    cut off; :meth:`finish` draws it a last time before a summary is printed under it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        console = dict(kwargs.pop("console_kwargs", None) or {})
+        if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+            console.setdefault("width", 120)
+        super().__init__(*args, console_kwargs=console, **kwargs)
+
+    def finish(self) -> None:
+        self._stop_progress()
 
     def _get_train_description(self, current_epoch: int) -> str:
         description = _step_description(self.trainer, current_epoch)
@@ -75,7 +88,8 @@ class RichStepProgressBar(RichProgressBar):
 
 
 class TQDMStepProgressBar(TQDMProgressBar):
-    """Lightning's tqdm bar, with :func:`_step_description` as the training description."""
+    """Lightning's tqdm bar, with :func:`_step_description` as the training description (closed at
+    the end of training, before the summary)."""
 
     def on_train_epoch_start(self, trainer: Any, *args: Any) -> None:
         super().on_train_epoch_start(trainer, *args)

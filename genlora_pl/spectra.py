@@ -10,6 +10,7 @@ change singular values, so ``sigma(dW) = s * sigma(R_B R_A^T)``: an ``r x r`` SV
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
@@ -156,12 +157,23 @@ class ParameterReport:
         return self.adapter_params + self.head
 
     def __str__(self) -> str:
+        return self.table()
+
+    def table(self, max_rows: int | None = None) -> str:
+        """One row per adapted layer; above ``max_rows`` layers, one row per kind of layer (block
+        numbers folded into ``*``, with the count), so a 30-block LLM is a dozen lines, not 210."""
         rows = [f"{'layer':<48} {'m x n':>13} {'r':>4} {self.adapter:>10} {'LoRA':>10}"]
-        for layer in self.layers:
+        entries = [(layer.name, 1, layer) for layer in self.layers]
+        if max_rows is not None and len(self.layers) > max_rows:
+            kinds: dict[tuple, list[LayerParams]] = {}
+            for layer in self.layers:
+                key = (re.sub(r"\.\d+\.", ".*.", layer.name), layer.out_features, layer.in_features, layer.r)
+                kinds.setdefault(key, []).append(layer)
+            entries = [(f"{key[0]} (x{len(group)})", len(group), group[0]) for key, group in kinds.items()]
+        for name, count, layer in entries:
             shape = f"{layer.out_features}x{layer.in_features}"
-            rows.append(
-                f"{layer.name:<48} {shape:>13} {layer.r:>4} {layer.trainable:>10,} {layer.lora_equivalent:>10,}"
-            )
+            trainable, lora = layer.trainable * count, layer.lora_equivalent * count
+            rows.append(f"{name:<48} {shape:>13} {layer.r:>4} {trainable:>10,} {lora:>10,}")
         rows.append(
             f"{'adapters (' + str(len(self.layers)) + ' layers)':<48} {'':>13} {'':>4} "
             f"{self.adapter_params:>10,} {self.lora_equivalent:>10,}"

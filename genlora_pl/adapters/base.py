@@ -113,7 +113,8 @@ class AdapterLayer(nn.Module):
     #: How :meth:`diagnostics` figures reduce over layers into logged scalars:
     #: ``stat -> (name, "mean" | "min" | "max")``, logged as ``adapter/<name>_<group>/<how>``.
     diagnostics_summary: ClassVar[dict[str, tuple[str, str]]] = {}
-    #: Threshold lines on the diagnostics figure: ``stat -> (value, what crossing it means)``.
+    #: Alarms: ``stat -> (threshold, what crossing it means)``; the summarised value above the
+    #: threshold fires it (a red line on the diagnostics figure, a warning in the fit's summary).
     diagnostics_alarms: ClassVar[dict[str, tuple[float, str]]] = {}
     #: The kind of each trainable parameter (``param name -> kind``): the optimizer gives each kind its
     #: own parameter group, whose learning rate ``model.adapter_lr_multipliers`` can scale.

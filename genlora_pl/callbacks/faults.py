@@ -162,10 +162,12 @@ class FaultTolerance(L.Callback):
         if trainer.state.fn != "fit":  # validate / test / predict have no training state to keep
             return
         path = self.sigterm_path(trainer)
-        trainer.save_checkpoint(path, weights_only=False)  # the full training state, not the weights alone
+        # before saving: the resumed run's ModelCheckpoint then knows last.ckpt as its own and
+        # overwrites it, instead of starting last-v1.ckpt beside it (the next requeue would pick the stale one)
         for callback in trainer.checkpoint_callbacks:
             if getattr(callback, "save_last", False) and Path(callback.dirpath or "") == path.parent:
                 callback.last_model_path = str(path)
+        trainer.save_checkpoint(path, weights_only=False)  # the full training state, not the weights alone
         if trainer.is_global_zero:
             print(
                 f"SIGTERM: saved the training state at step {trainer.global_step} to {path}; "

@@ -135,7 +135,11 @@ class AdapterMonitor(L.Callback):
             return
         if trainer.is_global_zero:
             report = parameter_report(pl_module.backbone)
-            print(f"Adapters: {len(report.layers)} {report.adapter} adapters\n{report}")
+            print(f"Adapters: {len(report.layers)} {report.adapter} adapters\n{report.table(max_rows=24)}")
+            rates = ", ".join(
+                f"{g['name']} {g.get('initial_lr', g['lr']):g}" for o in trainer.optimizers for g in o.param_groups
+            )
+            print(f"learning rates: {rates} (adapter_lr: {pl_module.hparams.get('adapter_lr')})")
         if self.log_every_n_steps:
             self.record(trainer, pl_module)
 
@@ -167,7 +171,11 @@ class AdapterMonitor(L.Callback):
             if self.plots:
                 self._write_plots(trainer, pl_module, folder)
         results = self.results(trainer, pl_module.backbone, folder)
+        results["warnings"] = self.warnings(pl_module, results)
         atomic_write_text(folder / "results.json", json.dumps(results, indent=2) + "\n")
+        finish = getattr(trainer.progress_bar_callback, "finish", None)
+        if callable(finish):  # the bar's last frame above the summary, not drawn over or after it
+            finish()
         print(self.summary(results))
 
     def _write_plots(self, trainer: L.Trainer, pl_module: L.LightningModule, folder: Path) -> None:
@@ -220,6 +228,37 @@ class AdapterMonitor(L.Callback):
         }
         return out
 
+    def warnings(self, pl_module: L.LightningModule, results: dict[str, Any]) -> list[str]:
+        """What the summary must not leave unsaid: validation that never left chance level (the
+        task's ``chance_level``), and a method's diagnostics alarm that is firing at the last
+        measurement."""
+        out = []
+        chance = getattr(pl_module, "chance_level", dict)()
+        best = results.get("best", {})
+        for key, level in chance.items():
+            if key in best and not key.endswith(_LOWER_IS_BETTER) and best[key] <= level + 0.02:
+                loss = best.get("val/loss")
+                out.append(
+                    f"validation stayed at chance: best {key} {best[key]:.4f}, chance {level:.4f}"
+                    + (
+                        f", best val/loss {loss:.3f} (chance {chance['val/loss']:.3f})"
+                        if loss and "val/loss" in chance
+                        else ""
+                    )
+                    + "; nothing was learned: check the learning rates (model.adapter_lr, the optimizer's lr) for "
+                    "this method, or its tuned config"
+                )
+        if self.history:
+            layers = adapter_layers(pl_module.backbone)
+            scalars = summary_scalars(self.history[-1], layers)
+            for cls in {type(layer) for layer in layers.values()}:
+                for stat, (threshold, meaning) in cls.diagnostics_alarms.items():
+                    label, how = cls.diagnostics_summary[stat]
+                    for key, value in scalars.items():
+                        if key.startswith(f"adapter/{label}_") and key.endswith(f"/{how}") and value > threshold:
+                            out.append(f"{meaning}: {key} is {value:.3f} at the last measurement")
+        return out
+
     @staticmethod
     def summary(results: dict[str, Any]) -> str:
         rows = []
@@ -261,7 +300,8 @@ class AdapterMonitor(L.Callback):
         rows += [(f"best {k}", f"{v:.4f}") for k, v in results["best"].items()]
         rows.append(("plots, spectra and results.json", results["run_dir"]))
         width = max(len(k) for k, _ in rows)
-        return "\n".join(["Adapter summary", *(f"  {k:<{width}}  {v}" for k, v in rows)])
+        warnings = [f"  warning: {w}." for w in results.get("warnings", [])]
+        return "\n".join(["Adapter summary", *(f"  {k:<{width}}  {v}" for k, v in rows), *warnings])
 
     # ----------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -150,9 +150,11 @@ class AdapterTask(L.LightningModule):
             (non-reentrant, so adapters inside frozen blocks still get gradients).
         fsdp_blocks: class names of the blocks FSDP2 shards one by one (``ModelParallelStrategy``);
             by default the backbone's repeated blocks are found by ``transformer_blocks``.
-        adapter_lr: learning rate of the adapter parameters; ``null`` means the optimizer's own
-            ``lr``, which always applies to everything else trained (the head, ``modules_to_save``).
-            Generated-weight adapters want a rate several times the head's (see the README).
+        adapter_lr: learning rate of the adapter parameters, one number or one per method
+            (``{genlora: 0.02, lora: 0.003}``: switching ``adapter.method`` on the command line then
+            switches the rate with it); ``null`` means the optimizer's own ``lr``, which always
+            applies to everything else trained (the head, ``modules_to_save``). Generated-weight
+            adapters want a rate several times LoRA's (see benchmarks/README.md).
         adapter_weight_decay: weight decay of the adapter parameters; ``null``: the optimizer's.
         adapter_lr_multipliers: per kind of adapter parameter, a factor on ``adapter_lr``:
             GenLoRA's ``latent``, ``center``, ``width``, ``amp``; LoRA's ``A``, ``B`` (LoRA+ style).
@@ -198,15 +200,19 @@ class AdapterTask(L.LightningModule):
         compile_mode: str | None = None,
         activation_checkpointing: bool = False,
         fsdp_blocks: list[str] | None = None,
-        adapter_lr: float | None = None,
+        adapter_lr: float | dict[str, float] | None = None,
         adapter_weight_decay: float | None = None,
         adapter_lr_multipliers: dict[str, float] | None = None,
         freeze_batchnorm: bool = False,
     ) -> None:
-        if adapter_lr is not None and not (_number(adapter_lr) and adapter_lr > 0):
-            raise ValueError(
-                f"adapter_lr={adapter_lr!r} is not valid; give a positive number, or null for the optimizer's lr."
-            )
+        rates = adapter_lr if isinstance(adapter_lr, dict) else {"": adapter_lr}
+        for method, rate in rates.items():
+            if rate is not None and not (_number(rate) and rate > 0):
+                name = f"adapter_lr.{method}" if method else "adapter_lr"
+                raise ValueError(
+                    f"{name}={rate!r} is not valid; give a positive number, a rate per method "
+                    "({genlora: 0.02, lora: 0.003}), or null for the optimizer's lr."
+                )
         if adapter_weight_decay is not None and not (_number(adapter_weight_decay) and adapter_weight_decay >= 0):
             raise ValueError(f"adapter_weight_decay={adapter_weight_decay!r} is not valid; give a number >= 0 or null.")
         for kind, factor in (adapter_lr_multipliers or {}).items():
@@ -335,6 +341,11 @@ class AdapterTask(L.LightningModule):
             for i, value in zip(indices, values, strict=True)
         ]
 
+    def chance_level(self) -> dict[str, float]:
+        """What validation metrics a model that learned nothing reaches (``{"val/acc_balanced": 0.2}``):
+        the fit's summary warns when the best stays there. None known by default."""
+        return {}
+
     # ----------------------------------------------------------------- export
     def save_merged(self, plain: nn.Module, folder: Path) -> None:
         """Write the merged backbone (no adapters left in it) into the existing ``folder`` for
@@ -369,6 +380,22 @@ class AdapterTask(L.LightningModule):
             )
         return groups
 
+    def adapter_rate(self) -> float | None:
+        """This run's ``adapter_lr``: the number, or the entry of the adapters' method; a per-method
+        table without that method is refused (it would silently train at the optimizer's rate)."""
+        rate = self.hparams.get("adapter_lr")
+        if not isinstance(rate, dict):
+            return rate
+        config = getattr(self.backbone, CONFIG_ATTR, None)
+        if config is None:
+            return None  # no adapters: the rate of adapters does not apply
+        if config.name not in rate:
+            raise ValueError(
+                f"adapter_lr gives rates for {', '.join(sorted(rate))} but the adapters are {config.name}; "
+                f"add model.adapter_lr.{config.name} (or give one number)."
+            )
+        return float(rate[config.name])
+
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()
         if not groups:
@@ -379,9 +406,10 @@ class AdapterTask(L.LightningModule):
             raise ValueError(f"model.optimizer.init_args are not valid: {first_line(err)}.") from None
         hp = self.hparams
         multipliers = hp.get("adapter_lr_multipliers") or {}
+        adapter_lr = self.adapter_rate()
         for group in optimizer.param_groups:  # now filled with the optimizer's defaults
             if group["name"].startswith("adapter."):
-                lr = hp.get("adapter_lr") if hp.get("adapter_lr") is not None else group["lr"]
+                lr = adapter_lr if adapter_lr is not None else group["lr"]
                 group["lr"] = lr * multipliers.get(group["name"].removeprefix("adapter."), 1.0)
                 if hp.get("adapter_weight_decay") is not None:
                     group["weight_decay"] = hp.adapter_weight_decay

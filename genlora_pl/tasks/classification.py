@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -69,6 +70,10 @@ class ClassificationModule(AdapterTask):
         if n > 5:
             m["acc_top5"] = MulticlassAccuracy(n, top_k=5, average="micro")
         return MetricCollection(m, prefix=f"{split}/")
+
+    def chance_level(self) -> dict[str, float]:
+        """Balanced accuracy 1/K and cross-entropy ln K: what predicting the class prior uniformly gives."""
+        return {"val/acc_balanced": 1 / self.num_classes, "val/loss": math.log(self.num_classes)}
 
     @property
     def class_names(self) -> list[str]:

@@ -334,3 +334,19 @@ def test_a_packed_fit_runs_through_the_cli(work):
     assert out.returncode == 0, out.stderr[-3000:]
     assert re.search(r"train: \d+ examples packed into \d+ rows of up to 32 tokens \(\d+% filled\)", out.stdout)
     assert "val/exact_match" in out.stdout  # evaluation stays one example a row, generation included
+
+
+def test_the_llm_quick_start_config_takes_a_small_file_of_ones_own(work, tmp_path):
+    """docs/configuration.md's "your own data" line with an 80-row file: 10 batches an epoch, fewer than
+    the config's 150-step validation interval (counted over epochs, so it is no error)."""
+    write_sums(tmp_path / "mine.jsonl", n=80, seed=2)
+    out = run_cli(
+        "fit", "--config", "llm_quickstart.yaml",
+        "--data.class_path", "genlora_pl.data.InstructionData",
+        "--data.init_args.train_file", str(tmp_path / "mine.jsonl"),
+        "--model.init_args.backbone", f"hf:{work / 'llama'}", "--adapter.target_modules", json.dumps(PROJECTIONS),
+        "--trainer.max_steps", "12", "--trainer.enable_progress_bar", "false",
+        "--trainer.default_root_dir", str(tmp_path / "out"), cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Adapter summary" in out.stdout

@@ -1,10 +1,12 @@
 """SLURM without a cluster: the real sbatch script under a stand-in ``srun`` (2 tasks on one node,
-CPU DDP over gloo), SIGUSR1 as SLURM sends it before the time limit, the requeue checkpoint, and a
-second launch that resumes from it by itself."""
+CPU DDP over gloo), SIGUSR1 as SLURM sends it before the time limit (the requeue checkpoint) or
+SIGTERM as preemption sends it (``last.ckpt``), and a second launch of the same job id that resumes
+by itself, into the same run folder, from the newer of the two."""
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import signal
@@ -98,12 +100,23 @@ def launch(tmp_path: Path, run_dir: Path, logs: Path, max_steps: int, weights: s
     return subprocess.Popen(command, cwd=tmp_path, env=env)
 
 
-def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
-    weights = str(write_tiny_vit_weights(tmp_path / "vit.safetensors"))
+def stand_ins(tmp_path: Path) -> str:
     (tmp_path / "bin").mkdir()
     for name, body in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
         (tmp_path / "bin" / name).write_text(body)
         (tmp_path / "bin" / name).chmod(0o755)
+    return str(write_tiny_vit_weights(tmp_path / "vit.safetensors"))
+
+
+def one_run_folder(run_dir: Path) -> Path:
+    """Every logger's files of every attempt of the job are in one folder, named by the job id."""
+    folders = {p.parent for p in run_dir.rglob("metrics.csv")}
+    assert [f.name for f in folders] == ["slurm-4242"], folders
+    return folders.pop()
+
+
+def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
+    weights = stand_ins(tmp_path)
     run_dir = tmp_path / "outputs" / "run"
 
     first_logs = tmp_path / "logs1"
@@ -130,7 +143,41 @@ def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
     job = launch(tmp_path, run_dir, second_logs, max_steps=step + 3, weights=weights)
     assert job.wait(timeout=300) == 0, (second_logs / "task0.out").read_text()[-3000:]
     out = (second_logs / "task0.out").read_text()
+    assert f"slurm-4242 restarted: resuming from {hpc}" in out
     assert f"Restoring states from the checkpoint path at {hpc}" in out
-    newest = max(run_dir.rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
-    last = torch.load(newest, map_location="cpu", weights_only=True)
+    folder = one_run_folder(run_dir)
+    last = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == step + 3
+    rows = list(csv.DictReader((folder / "metrics.csv").open()))
+    steps = {int(float(r["step"])) for r in rows if r.get("step")}
+    assert min(steps) <= step < max(steps), "one log: the first attempt's rows and the resumed attempt's"
+
+
+def test_sigterm_preemption_saves_last_ckpt_and_the_requeued_job_resumes_from_it(tmp_path):
+    weights = stand_ins(tmp_path)
+    run_dir = tmp_path / "outputs" / "run"
+    first_logs = tmp_path / "logs1"
+    job = launch(tmp_path, run_dir, first_logs, max_steps=100_000, weights=weights)
+    try:
+        paused = [first_logs / f"sleeping{rank}" for rank in (0, 1)]
+        wait_for(lambda: all(p.exists() for p in paused), 180, "both ranks to pause between batches")
+        for pid in task_pids(first_logs):  # preemption: SIGTERM to every task, no SIGUSR1
+            os.kill(pid, signal.SIGTERM)
+        assert job.wait(timeout=180) == 143
+    finally:
+        for pid in task_pids(first_logs):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    folder = one_run_folder(run_dir)
+    saved = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    step = saved["global_step"]
+    assert step > 0 and not list(run_dir.glob("hpc_ckpt_*.ckpt"))
+
+    second_logs = tmp_path / "logs2"  # SLURM requeues the preempted job: same id, same command
+    job = launch(tmp_path, run_dir, second_logs, max_steps=step + 2, weights=weights)
+    assert job.wait(timeout=300) == 0, (second_logs / "task0.out").read_text()[-3000:]
+    out = (second_logs / "task0.out").read_text()
+    assert f"slurm-4242 restarted: resuming from {folder / 'checkpoints' / 'last.ckpt'}" in out
+    assert one_run_folder(run_dir) == folder
+    last = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == step + 2

@@ -92,6 +92,4 @@ def test_a_task_of_our_own_goes_through_every_command(tmp_path, plugins, method,
     assert main(["fit", "--config", cfg, "--trainer.max_steps", "34", "--ckpt_path", str(last)]) == 0
     resumed = read_checkpoint(next(tmp_path.rglob("last.ckpt")))
     assert resumed["global_step"] == 34
-    assert not torch.equal(
-        resumed["state_dict"]["backbone.4.weight"], checkpoint["state_dict"]["backbone.4.weight"]
-    )
+    assert not torch.equal(resumed["state_dict"]["backbone.4.weight"], checkpoint["state_dict"]["backbone.4.weight"])

@@ -25,3 +25,20 @@ def test_config_files_that_hold_no_sections(tmp_path):
     with pytest.raises(ValueError, match="holds a YAML list, not a mapping of sections"):
         check_config_files(["fit", f"--config={tmp_path / 'list.yaml'}"])
     check_config_files(["fit", "--config", str(shipped_configs() / "debug.yaml")])
+
+
+def test_no_shipped_config_ties_a_step_interval_to_its_data_size():
+    """An integer val_check_interval counts batches of one epoch unless check_val_every_n_epoch is
+    null; then a user's smaller file (fewer batches than the interval) stops the fit before it starts."""
+    import yaml
+
+    from genlora_pl.cli import shipped_configs
+
+    checked = 0
+    for path in sorted(shipped_configs().glob("*.yaml")):
+        trainer = (yaml.safe_load(path.read_text()) or {}).get("trainer", {})
+        interval = trainer.get("val_check_interval")
+        if isinstance(interval, int) and not isinstance(interval, bool):
+            checked += 1
+            assert "check_val_every_n_epoch" in trainer and trainer["check_val_every_n_epoch"] is None, path.name
+    assert checked >= 3

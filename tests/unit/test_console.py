@@ -29,3 +29,20 @@ def test_step_limited_runs_do_not_show_a_negative_epoch_count():
     trainer = types.SimpleNamespace(max_epochs=-1, max_steps=6, global_step=2)
     assert _step_description(trainer, 0) == "Epoch 0 (max_steps 6)"
     assert _step_description(types.SimpleNamespace(max_epochs=10, max_steps=-1), 2) == "Epoch 2/9"
+
+
+def test_the_summary_comes_after_the_last_progress_bar_and_the_bar_is_not_cut(tmp_path):
+    """A batch job's log (stdout is a file): the bar is 120 columns, not 80, and its last frame is
+    drawn before the run summary, not after it."""
+    from helpers import run_cli
+
+    out = run_cli(
+        "fit", "--config", "debug.yaml", "--trainer.default_root_dir", str(tmp_path),
+        "--trainer.logger", "false", "--monitor.plots", "false", cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    summary = lines.index("Adapter summary")
+    bars = [i for i, line in enumerate(lines) if line.startswith("Epoch 0")]
+    assert bars and max(bars) < summary
+    assert any("train/loss" in lines[i] for i in bars)  # the metrics column fits on the bar's lines

@@ -28,6 +28,6 @@ def test_spectra_figure_has_a_colour_bar_over_the_layers():
 def test_drift_figure_draws_the_collapse_threshold():
     fig = plot_diagnostics(history(), GenLoRALayer.diagnostics_summary, GenLoRALayer.diagnostics_alarms)
     assert len(fig.axes) == len(GenLoRALayer.diagnostics_summary)
-    value, meaning = GenLoRALayer.diagnostics_alarms["center_min_scaled_distance"]
+    value, meaning = GenLoRALayer.diagnostics_alarms["center_twins"]
     lines = [line for ax in fig.axes for line in ax.get_lines() if line.get_label() == meaning]
     assert len(lines) == 1 and list(lines[0].get_ydata()) == [value, value]

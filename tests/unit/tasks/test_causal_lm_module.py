@@ -117,7 +117,7 @@ def test_an_nf4_base_trains_adapters_only_and_exports_dequantized(llama, tmp_pat
     from genlora_pl.export.checkpoint import _save_merged
 
     reference = m.eval()(batch).float()
-    _save_merged(m.backbone, m.backbone_name, tmp_path / "merged", m.hparams)
+    _save_merged(m, tmp_path / "merged")
     from transformers import AutoModelForCausalLM
 
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
