@@ -20,15 +20,17 @@ the checkpoint's run, or nothing.
 from __future__ import annotations
 
 import csv
+import difflib
 import inspect
 import json
 import os
+import re
 import shutil
 import sys
 import warnings
 from importlib import resources
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, ClassVar, NoReturn
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger
@@ -41,7 +43,7 @@ from genlora_pl.console import ProgressBar, quiet
 from genlora_pl.data import DataModule  # imports every data module: short class paths resolve
 from genlora_pl.errors import one_line
 from genlora_pl.files import atomic_write_text
-from genlora_pl.tasks import AdapterTask, ClassificationModule, task_class
+from genlora_pl.tasks import TASKS, AdapterTask, ClassificationModule, task_class
 
 PROG = "python -m genlora_pl"
 SIGTERM_EXIT = 143  # 128 + SIGTERM: what a scheduler expects from a job it stopped
@@ -105,6 +107,95 @@ def check_config_files(argv: list[str]) -> None:
             )
 
 
+#: What people type for a setting that has another name here (PEFT's, Hugging Face Trainer's, ...).
+SYNONYMS = {
+    "learning_rate": "model.optimizer.init_args.lr",
+    "lr": "model.optimizer.init_args.lr",
+    "weight_decay": "model.optimizer.init_args.weight_decay",
+    "rank": "adapter.r",
+    "lora_r": "adapter.r",
+    "lora_alpha": "adapter.alpha",
+    "lora_dropout": "adapter.dropout",
+    "group_size": "adapter.options.group_size",
+    "epochs": "trainer.max_epochs",
+    "num_train_epochs": "trainer.max_epochs",
+    "steps": "trainer.max_steps",
+    "gpus": "trainer.devices",
+    "seed": "seed_everything",
+    "per_device_train_batch_size": "data.init_args.batch_size",
+    "batch_size": "data.init_args.batch_size",
+}
+
+
+def _known_keys() -> list[str]:
+    """Every setting the CLI takes, as a dotted key: trainer, the callback sections, and the init
+    arguments of every registered task and data module."""
+    import lightning as L
+
+    def params(cls: Any) -> list[str]:
+        return [n for n in inspect.signature(cls.__init__).parameters if n not in ("self", "args", "kwargs")]
+
+    keys = [f"trainer.{n}" for n in params(L.Trainer)]
+    for section, cls in (("adapter", AdapterCallback), ("monitor", AdapterMonitor), ("faults", FaultTolerance)):
+        keys += [f"{section}.{n}" for n in params(cls)]
+    for cls in (AdapterTask, *TASKS.values()):
+        keys += [f"model.init_args.{n}" for n in params(cls)]
+    modules, seen = [DataModule], set()
+    while modules:
+        cls = modules.pop()
+        if cls not in seen:
+            seen.add(cls)
+            keys += [f"data.init_args.{n}" for n in params(cls)]
+            modules += cls.__subclasses__()
+    return sorted(set(keys) | set(SYNONYMS.values()))
+
+
+def explain_unknown_key(message: str, argv: list[str]) -> str:
+    """An "unrecognized arguments" / "does not accept option" sentence with the key as it was given
+    (on the command line, or in which --config file) and the closest setting that exists."""
+    found = re.search(r"unrecognized arguments: --([\w.]+)|does not accept option '([\w.]+)'", message)
+    if found is None:
+        return message
+    key = found.group(1) or found.group(2)
+    section, _, leaf = key.rpartition(".")
+    typed = next((a.split("=")[0] for a in argv if a.startswith("--") and a.split("=")[0].endswith(f".{leaf}")), None)
+    if typed and typed != f"--{key}":
+        message = message.replace(f"--{key}", typed, 1)
+    holder = None
+    if typed is None:
+        files = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--config"]
+        holder = next((f for f in files if _yaml_has(f, key)), None)
+        if holder:
+            message += f" (in {holder})"
+    known = _known_keys()
+    guess = SYNONYMS.get(leaf.lower())
+    if guess is None:
+        close = difflib.get_close_matches(leaf.lower(), list(SYNONYMS), n=1, cutoff=0.8)
+        guess = SYNONYMS[close[0]] if close else None
+    if guess is None:
+        same = [k for k in known if k.split(".")[0] == section.split(".")[0]] or known
+        leaves = {k.rsplit(".", 1)[-1]: k for k in same}
+        close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)
+        guess = leaves[close[0]] if close else None
+    if guess is None:
+        return message
+    return f"{message}; did you mean {guess}?" if holder else f"{message}; did you mean --{guess}?"
+
+
+def _yaml_has(path: str, key: str) -> bool:
+    import yaml
+
+    try:
+        node: Any = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 class Parser(LightningArgumentParser):
     """Reports a bad command line or config in one line instead of a usage dump."""
 
@@ -112,10 +203,15 @@ class Parser(LightningArgumentParser):
         kwargs.setdefault("prog", PROG)
         super().__init__(*args, **kwargs)
 
+    #: The command line being parsed (``run`` sets it), to quote a bad key as the user typed it.
+    argv: ClassVar[list[str]] = []
+
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             return super().error(message, ex)
-        sys.stderr.write(f"error: {one_line(ValueError(message))} (see `{PROG} fit --help`)\n")
+        sys.stderr.write(
+            f"error: {explain_unknown_key(one_line(ValueError(message)), self.argv)} (see `{PROG} fit --help`)\n"
+        )
         self.exit(2)
 
 
@@ -203,6 +299,11 @@ class GenLoRACLI(LightningCLI):
         if subcommand == "fit" and requeue_id() and not self.config.fit.get("ckpt_path"):
             self.config.fit.ckpt_path = requeued_checkpoint(self.config.fit)
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        if path and not Path(path).exists() and "://" not in str(path):  # before Lightning says it restores it
+            raise FileNotFoundError(
+                f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "
+                "checkpoint folder written by fit."
+            )
         if not (path and Path(path).is_file()):
             return
         checkpoint = read_checkpoint(path)
@@ -325,6 +426,7 @@ def run(args: list[str] | None = None) -> GenLoRACLI:
         sys.argv[1:] = resolve_config_names(sys.argv[1:])
     else:
         args = resolve_config_names(args)
+    Parser.argv = list(sys.argv[1:] if args is None else args)
     check_config_files(sys.argv[1:] if args is None else args)
     try:
         return GenLoRACLI(

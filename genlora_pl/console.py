@@ -70,13 +70,13 @@ def _step_description(trainer: Any, current_epoch: int) -> str:
 
 class RichStepProgressBar(RichProgressBar):
     """Lightning's rich bar, with :func:`_step_description` as the training description. Written to a
-    file or a pipe (a batch job's log) it is 120 columns wide, not rich's 80, so the metrics are not
+    file or a pipe (a batch job's log) it is 160 columns wide, not rich's 80, so the metrics are not
     cut off; :meth:`finish` draws it a last time before a summary is printed under it."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         console = dict(kwargs.pop("console_kwargs", None) or {})
         if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
-            console.setdefault("width", 120)
+            console.setdefault("width", 160)
         super().__init__(*args, console_kwargs=console, **kwargs)
 
     def finish(self) -> None:

@@ -268,3 +268,11 @@ def test_errors_exit_non_zero_from_a_real_process(tmp_path):
         == "error: adapter='dora' is unknown; choose one of genlora, lora, or the dotted path of a module that registers one (my_pkg.my_method)."
     )
     assert "Traceback" not in out.stderr
+
+
+def test_a_missing_checkpoint_is_one_line_before_anything_is_restored(tmp_path, capfd):
+    missing = str(tmp_path / "nope.ckpt")
+    assert main(["validate", "--config", str(ROOT / "configs" / "debug.yaml"), "--ckpt_path", missing]) == 2
+    out = capfd.readouterr()
+    assert "Restoring states" not in out.out + out.err
+    assert out.err.strip().splitlines()[-1].startswith(f"error: ckpt_path={missing!r} does not exist")

@@ -42,3 +42,36 @@ def test_no_shipped_config_ties_a_step_interval_to_its_data_size():
             checked += 1
             assert "check_val_every_n_epoch" in trainer and trainer["check_val_every_n_epoch"] is None, path.name
     assert checked >= 3
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (
+            ["--model.init_args.lerning_rate", "0.1"],
+            "--model.init_args.lerning_rate 0.1 (genlora_pl.ClassificationModule takes no setting 'lerning_rate'); "
+            "did you mean --model.optimizer.init_args.lr?",
+        ),
+        (["--adapter.rank", "4"], "unrecognized arguments: --adapter.rank 4; did you mean --adapter.r?"),
+        (["--adapter.taget_modules", "x"], "did you mean --adapter.target_modules?"),
+        (["--data.init_args.bach_size", "3"], "did you mean --data.init_args.batch_size?"),
+    ],
+)
+def test_a_mistyped_key_is_quoted_as_typed_with_the_closest_setting(args, said, capsys):
+    from genlora_pl.__main__ import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", "debug.yaml", *args])
+    assert stop.value.code == 2
+    assert said in capsys.readouterr().err
+
+
+def test_a_mistyped_key_in_a_yaml_file_names_the_file(tmp_path, capsys):
+    from genlora_pl.__main__ import main
+
+    typo = tmp_path / "mine.yaml"
+    typo.write_text("adapter:\n  rank: 4\n")
+    with pytest.raises(SystemExit) as stop:
+        main(["fit", "--config", "debug.yaml", "--config", str(typo)])
+    assert stop.value.code == 2
+    assert f"does not accept option 'adapter.rank' (in {typo}); did you mean adapter.r?" in capsys.readouterr().err

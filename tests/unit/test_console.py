@@ -32,7 +32,7 @@ def test_step_limited_runs_do_not_show_a_negative_epoch_count():
 
 
 def test_the_summary_comes_after_the_last_progress_bar_and_the_bar_is_not_cut(tmp_path):
-    """A batch job's log (stdout is a file): the bar is 120 columns, not 80, and its last frame is
+    """A batch job's log (stdout is a file): the bar is 160 columns, not 80, and its last frame is
     drawn before the run summary, not after it."""
     from helpers import run_cli
 

@@ -38,3 +38,36 @@ def test_lora_has_spectra_but_no_diagnostics():
         for k in ("effective_rank", "stable_rank", "energy_rank", "top_singular_value", "relative_norm")
     }
     assert torch.isfinite(torch.tensor(list(summary.values()))).all()
+
+
+class _Task(torch.nn.Module):
+    """What the monitor reads of a task: its backbone and its chance level."""
+
+    def __init__(self, backbone: torch.nn.Module, classes: int) -> None:
+        super().__init__()
+        self.backbone, self.classes = backbone, classes
+
+    def chance_level(self) -> dict[str, float]:
+        import math
+
+        return {"val/acc_balanced": 1 / self.classes, "val/loss": math.log(self.classes)}
+
+
+def test_the_summary_warns_at_chance_and_when_twins_pile_up():
+    model = make_vit()
+    inject_adapters(model, GenLoRAConfig(r=8, target_modules=["qkv", "fc1"]))
+    monitor = AdapterMonitor()
+    monitor.history = [AdapterMonitor.measure(model, step=0)]
+    task = _Task(model, classes=5)
+    at_chance = {"best": {"val/acc_balanced": 0.2, "val/loss": 1.59}, "parameters": {"trainable": 1, "total": 2}}
+    said = monitor.warnings(task, at_chance)
+    assert len(said) == 1 and said[0].startswith("validation stayed at chance: best val/acc_balanced 0.2000")
+    assert monitor.warnings(task, {"best": {"val/acc_balanced": 0.6, "val/loss": 1.0}}) == []
+
+    record = monitor.history[-1]
+    for layer in record["diagnostics"].values():  # every layer: 3 of 8 basis vectors with a twin
+        layer["A"]["center_twins"] = 0.375
+    said = monitor.warnings(task, {"best": {}})
+    assert said == ["alarm: over 10 % of the basis vectors have a twin (< 0.1 widths apart): "
+                    "adapter/center_twins_A/mean is 0.375 at the last measurement"]  # fmt: skip
+    assert "  warning: alarm: over 10 %" in AdapterMonitor.summary({**at_chance, "warnings": said, "run_dir": "x"})
