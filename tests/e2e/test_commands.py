@@ -263,10 +263,11 @@ def test_errors_exit_non_zero_from_a_real_process(tmp_path):
     debug = str(ROOT / "configs" / "debug.yaml")
     out = run_cli("fit", "--config", debug, "--adapter.method", "dora", cwd=tmp_path)
     assert out.returncode == 2
-    assert (
-        out.stderr.strip().splitlines()[-1]
-        == "error: adapter='dora' is unknown; choose one of genlora, lora, or the dotted path of a module that registers one (my_pkg.my_method)."
+    expected = (
+        "error: adapter='dora' is unknown; choose one of genlora, lora, or the dotted path of a module that "
+        "registers one (my_pkg.my_method)."
     )
+    assert out.stderr.strip().splitlines()[-1] == expected
     assert "Traceback" not in out.stderr
 
 
