@@ -102,6 +102,7 @@ def write_folder(target: str | os.PathLike, fill: Callable[[Path], None], owned:
     try:
         os.chmod(staging, 0o777 & ~_umask())
         fill(staging)
+        _usual_permissions(staging)
         if target.exists():
             os.replace(target, _old(target))
             os.replace(staging, target)
@@ -112,6 +113,15 @@ def write_folder(target: str | os.PathLike, fill: Callable[[Path], None], owned:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return target
+
+
+def _usual_permissions(folder: Path) -> None:
+    """Files and folders readable as the umask says: safetensors (and so ``save_pretrained``) and
+    ``mkstemp`` create their files 0600, which left weights unreadable to a group beside 0644 JSON."""
+    umask = _umask()
+    for path in folder.rglob("*"):
+        if not path.is_symlink():
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -125,7 +135,12 @@ def sha256(path: str | os.PathLike) -> str:
 def save_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
     """Write ``tensors`` (moved to the CPU, made contiguous) atomically as safetensors."""
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    atomic_write(path, lambda tmp: save_file(cpu, tmp, metadata=metadata))
+
+    def write(tmp: str) -> None:
+        save_file(cpu, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its file 0600
+
+    atomic_write(path, write)
 
 
 def load_safetensors(path: Path, what: str = "adapter weights") -> dict[str, torch.Tensor]:

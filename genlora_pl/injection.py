@@ -9,12 +9,13 @@ linear map (``nn.Linear``, transformers ``Conv1D``, 1x1 ``nn.Conv2d``) outside t
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 
 from torch import nn
 
 from genlora_pl.adapters import AdapterConfig, AdapterLayer, adapter_class
-from genlora_pl.adapters.base import check_supported, layer_kind
+from genlora_pl.adapters.base import check_supported, layer_dims, layer_kind
 
 # Attribute under which the model remembers the config it was injected with.
 CONFIG_ATTR = "genlora_pl_config"
@@ -132,6 +133,7 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
     new = {n: modules[n] for n in names if not isinstance(modules[n], AdapterLayer)}
     for name, module in new.items():
         check_supported(name, module)  # all checked before any is wrapped: no half-injected model
+    _say_what_is_surprising(model, config, new)
     for name, module in new.items():
         _set_module(model, name, layer_cls(module, config, name))
     if new:
@@ -139,6 +141,36 @@ def inject_adapters(model: nn.Module, config: AdapterConfig) -> list[str]:
     setattr(model, CONFIG_ATTR, config)
     _set_trainable(model, config)
     return names
+
+
+def _say_what_is_surprising(model: nn.Module, config: AdapterConfig, new: dict[str, nn.Module]) -> None:
+    """One warning line each for what is legal but rarely meant: ``all-linear`` on a model whose
+    output layer has no name we know (it is adapted with the rest), and a rank above what a layer's
+    update can have (the extra basis vectors add parameters, not rank)."""
+    last = ([n for n, _ in candidate_layers(model)] or [None])[-1]
+    if config.target_modules == "all-linear" and last in new and not head_names(model):
+        warnings.warn(
+            f"all-linear found no output head in {type(model).__name__} (none is named {', '.join(_HEAD_NAMES[:5])}), "
+            f"so its last linear layer {last!r} is adapted too; put it in exclude_modules (or modules_to_save) "
+            "to keep it as it is.",
+            UserWarning,
+            stacklevel=3,
+        )
+    small = {}
+    for name, module in new.items():
+        kind = layer_kind(module)
+        limit = min(layer_dims(module, kind)) if kind else config.r
+        if config.r > limit:
+            small[name] = limit
+    if small:
+        name, limit = next(iter(small.items()))
+        more = f" (and {len(small) - 1} more layers)" if len(small) > 1 else ""
+        warnings.warn(
+            f"r={config.r} is above the rank {limit} that layer {name!r}{more} can take (min of its input and "
+            f"output sizes): its update cannot have a higher rank, the extra basis vectors add parameters only.",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def _nothing_matched(model: nn.Module, config: AdapterConfig) -> str:

@@ -3,6 +3,7 @@
 identity at init, a training step that changes the output, merge, save/load and the PEFT export."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -109,3 +110,23 @@ def test_a_sequential_root_keeps_its_length_and_indexing():
     model, base, x = build("sequential_root", "genlora")
     assert len(model) == len(base) and isinstance(model[-1].base_layer, nn.Linear)
     assert [n for n, _ in model.named_children()] == ["0", "1", "2", "3"]
+
+
+def test_all_linear_on_a_model_without_a_known_head_says_its_last_layer_is_adapted():
+    from genlora_pl.adapters import LoRAConfig
+
+    model = Stacked()
+    with pytest.warns(UserWarning, match=r"all-linear found no output head in Stacked .* layer 'out' is adapted too"):
+        names = inject_adapters(model, LoRAConfig(r=2))
+    assert "out" in names
+    quiet = Stacked()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert "out" not in inject_adapters(quiet, LoRAConfig(r=2, exclude_modules=["out"]))
+
+
+def test_a_rank_above_a_layers_dimensions_is_named():
+    from genlora_pl.adapters import GenLoRAConfig
+
+    with pytest.warns(UserWarning, match=r"r=20 is above the rank 16 that layer 'a' \(and 1 more layers\) can take"):
+        inject_adapters(Plain(), GenLoRAConfig(r=20, target_modules=["a", "b"]))

@@ -48,3 +48,29 @@ def test_recover_folder_undoes_a_crash_between_the_two_renames(tmp_path):
     (old / "w.bin").write_text("good")
     recover_folder(tmp_path / "adapter")  # the new folder never arrived: the old one comes back
     assert (tmp_path / "adapter" / "w.bin").read_text() == "good" and not old.exists()
+
+
+def test_weights_get_the_permissions_of_every_other_file(tmp_path):
+    """safetensors makes its files 0600; exports and adapter folders show them as the umask says,
+    like the JSON beside them."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    from genlora_pl.files import save_safetensors, write_folder
+
+    umask = os.umask(0o022)
+    try:
+        save_safetensors({"a": torch.zeros(2)}, tmp_path / "w.safetensors")
+
+        def fill(folder):
+            save_file({"a": torch.zeros(2)}, str(folder / "model.safetensors"))  # as save_pretrained does
+            (folder / "config.json").write_text("{}")
+
+        out = write_folder(tmp_path / "export", fill)
+    finally:
+        os.umask(umask)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in [tmp_path / "w.safetensors", *out.iterdir()]}
+    assert modes == {"w.safetensors": "0o644", "model.safetensors": "0o644", "config.json": "0o644"}
+    assert oct(out.stat().st_mode & 0o777) == "0o755"
