@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from genlora_pl import compat
 
-__version__ = "0.2.0"
+__version__ = "0.2.1"
 
 _EXPORTS = {
     # adapters and their files
