@@ -293,7 +293,7 @@ class AdapterMonitor(L.Callback):
         else:
             rows.append(("trainable parameters", f"{params['trainable']:,} of {params['total']:,}"))
         frozen = results.get("frozen_base")
-        if frozen and frozen["bytes"]:
+        if frozen and frozen["bytes"] and frozen["storage"]:  # buffers alone (a full fine-tune) are no base
             rows.append(("frozen base memory", f"{frozen['bytes'] / 2**20:,.1f} MiB ({frozen['storage']})"))
         if "mean_effective_rank" in results:
             rows.append(("mean effective rank of dW", f"{results['mean_effective_rank']:.2f}"))

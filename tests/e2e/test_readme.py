@@ -109,3 +109,14 @@ def test_quick_start_main_job_learns(tmp_path):
     run = tmp_path / "outputs" / "quickstart" / "tb" / "version_0"
     for name in ("spectra.png", "diagnostics.png", "results.json", "checkpoints/last.ckpt"):
         assert (run / name).is_file(), name
+
+
+def test_the_dependency_line_lists_the_layers_of_the_layout_test():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests" / "unit"))
+    from test_layout import LAYERS
+
+    line = re.search(r"Dependencies point one way, layer by layer: (.*?)\n\(", README, re.S).group(1)
+    said = [set(re.findall(r"`(\w+)`", part)) for part in line.split("→")]
+    assert said == list(reversed(LAYERS))

@@ -126,3 +126,18 @@ def test_freeze_batchnorm_keeps_the_pretrained_statistics(tmp_path, freeze):
     unchanged = all(torch.equal(before[n], after[n]) for n in before)
     assert unchanged == freeze
     assert Watch.modes == [{not freeze}] * 2
+
+
+@pytest.mark.parametrize(("method", "rate"), [("genlora", 2e-2), ("lora", 3e-3)])
+def test_a_rate_per_method_follows_the_method(method, rate):
+    m = module(adapter_lr={"genlora": 2e-2, "lora": 3e-3})
+    groups = {g["name"]: g for g in optimizer_of(m, method).param_groups}
+    assert groups["head"]["lr"] == 3e-3
+    assert {g["lr"] for name, g in groups.items() if name.startswith("adapter.")} == {rate}
+
+
+def test_a_rate_table_without_the_method_is_refused_and_a_bad_rate_named():
+    with pytest.raises(ValueError, match=r"adapter_lr gives rates for genlora but the adapters are lora"):
+        optimizer_of(module(adapter_lr={"genlora": 2e-2}), "lora")
+    with pytest.raises(ValueError, match=r"^adapter_lr.lora=-1 is not valid; give a positive number"):
+        module(adapter_lr={"genlora": 2e-2, "lora": -1})
