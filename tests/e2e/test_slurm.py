@@ -115,24 +115,36 @@ def one_run_folder(run_dir: Path) -> Path:
     return folders.pop()
 
 
-def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
-    weights = stand_ins(tmp_path)
-    run_dir = tmp_path / "outputs" / "run"
+def signal_when_paused(job_logs: Path, signum: int) -> None:
+    """Send ``signum`` to every task of the job (as SLURM does) once both ranks pause between batches."""
+    paused = [job_logs / f"sleeping{rank}" for rank in (0, 1)]
+    wait_for(lambda: all(p.exists() for p in paused), 180, "both ranks to pause between batches")
+    for pid in task_pids(job_logs):
+        os.kill(pid, signum)
 
-    first_logs = tmp_path / "logs1"
-    job = launch(tmp_path, run_dir, first_logs, max_steps=100_000, weights=weights)
+
+def kill_job(job_logs: Path) -> None:
+    for pid in task_pids(job_logs):  # SLURM kills what is left of the job
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def first_attempt(tmp_path: Path) -> tuple[str, Path, Path, subprocess.Popen]:
+    """The job's first start, long enough to be interrupted: (weights, run folder, task logs, job)."""
+    weights = stand_ins(tmp_path)
+    run_dir, logs = tmp_path / "outputs" / "run", tmp_path / "logs1"
+    return weights, run_dir, logs, launch(tmp_path, run_dir, logs, max_steps=100_000, weights=weights)
+
+
+def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
+    weights, run_dir, first_logs, job = first_attempt(tmp_path)
     try:
-        paused = [first_logs / f"sleeping{rank}" for rank in (0, 1)]
-        wait_for(lambda: all(p.exists() for p in paused), 180, "both ranks to pause between batches")
-        for pid in task_pids(first_logs):  # SLURM signals every task of the job
-            os.kill(pid, signal.SIGUSR1)
+        signal_when_paused(first_logs, signal.SIGUSR1)
         hpc = run_dir / "hpc_ckpt_1.ckpt"
         wait_for(lambda: hpc.exists() and (first_logs / "scontrol.log").exists(), 120, "the requeue checkpoint")
         time.sleep(1)  # let the write finish before the job is killed, as SLURM would after the requeue
     finally:
-        for pid in task_pids(first_logs):  # SLURM kills the job after the requeue
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_job(first_logs)  # SLURM kills the job after the requeue
         job.wait(timeout=60)
     assert (first_logs / "scontrol.log").read_text().split() == ["requeue", "4242"]
     saved = torch.load(hpc, map_location="cpu", weights_only=True)
@@ -154,20 +166,12 @@ def test_sigusr1_writes_requeue_checkpoint_and_relaunch_resumes(tmp_path):
 
 
 def test_sigterm_preemption_saves_last_ckpt_and_the_requeued_job_resumes_from_it(tmp_path):
-    weights = stand_ins(tmp_path)
-    run_dir = tmp_path / "outputs" / "run"
-    first_logs = tmp_path / "logs1"
-    job = launch(tmp_path, run_dir, first_logs, max_steps=100_000, weights=weights)
+    weights, run_dir, first_logs, job = first_attempt(tmp_path)
     try:
-        paused = [first_logs / f"sleeping{rank}" for rank in (0, 1)]
-        wait_for(lambda: all(p.exists() for p in paused), 180, "both ranks to pause between batches")
-        for pid in task_pids(first_logs):  # preemption: SIGTERM to every task, no SIGUSR1
-            os.kill(pid, signal.SIGTERM)
+        signal_when_paused(first_logs, signal.SIGTERM)  # preemption: SIGTERM, no SIGUSR1
         assert job.wait(timeout=180) == 143
     finally:
-        for pid in task_pids(first_logs):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        kill_job(first_logs)
     folder = one_run_folder(run_dir)
     saved = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     step = saved["global_step"]
