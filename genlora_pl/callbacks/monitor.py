@@ -250,13 +250,19 @@ class AdapterMonitor(L.Callback):
                 )
         if self.history:
             layers = adapter_layers(pl_module.backbone)
-            scalars = summary_scalars(self.history[-1], layers)
+            first, last = self.history[0], self.history[-1]
+            before, scalars = summary_scalars(first, layers), summary_scalars(last, layers)
             for cls in {type(layer) for layer in layers.values()}:
                 for stat, (threshold, meaning) in cls.diagnostics_alarms.items():
                     label, how = cls.diagnostics_summary[stat]
                     for key, value in scalars.items():
                         if key.startswith(f"adapter/{label}_") and key.endswith(f"/{how}") and value > threshold:
-                            out.append(f"{meaning}: {key} is {value:.3f} at the last measurement")
+                            start = before.get(key, float("nan"))
+                            cause = "already there at the start" if start > threshold else "it grew in training"
+                            out.append(
+                                f"{meaning}: {key} is {value:.3f} at step {last['step']}, {start:.3f} at step "
+                                f"{first['step']} ({cause})"
+                            )
         return out
 
     @staticmethod

@@ -64,10 +64,15 @@ def test_the_summary_warns_at_chance_and_when_twins_pile_up():
     assert len(said) == 1 and said[0].startswith("validation stayed at chance: best val/acc_balanced 0.2000")
     assert monitor.warnings(task, {"best": {"val/acc_balanced": 0.6, "val/loss": 1.0}}) == []
 
-    record = monitor.history[-1]
+    import copy
+
+    record = copy.deepcopy(monitor.history[0])
+    record["step"] = 50
     for layer in record["diagnostics"].values():  # every layer: 3 of 8 basis vectors with a twin
         layer["A"]["center_twins"] = 0.375
+    monitor.history.append(record)
+    start = summary_scalars(monitor.history[0], adapter_layers(model))["adapter/center_twins_A/mean"]
     said = monitor.warnings(task, {"best": {}})
-    assert said == ["alarm: over 10 % of the basis vectors have a twin (< 0.1 widths apart): "
-                    "adapter/center_twins_A/mean is 0.375 at the last measurement"]  # fmt: skip
+    assert said == [f"alarm: over 10 % of the basis vectors have a twin (< 0.1 widths apart): "
+                    f"adapter/center_twins_A/mean is 0.375 at step 50, {start:.3f} at step 0 (it grew in training)"]  # fmt: skip
     assert "  warning: alarm: over 10 %" in AdapterMonitor.summary({**at_chance, "warnings": said, "run_dir": "x"})
