@@ -168,6 +168,7 @@ def test_resumed_run_ends_with_the_same_adapters(tmp_path, vit_weights):
             "max_steps": -1,
             "limit_train_batches": 3,
             "val_check_interval": None,
+            "check_val_every_n_epoch": 1,  # validation at epoch ends: debug.yaml counts steps over epochs
             "limit_val_batches": 1,
             "log_every_n_steps": 1,
         },
