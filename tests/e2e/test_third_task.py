@@ -52,9 +52,14 @@ def config(tmp_path: Path, method: str, steps: int) -> str:
 
 @pytest.fixture
 def plugins(monkeypatch):
+    from genlora_pl.errors import TASK_PATHS
+    from genlora_pl.tasks import TASKS
+
     monkeypatch.syspath_prepend(str(PLUGINS))
     yield
-    sys.modules.pop("regression", None)
+    sys.modules.pop("regression", None)  # and out of the process-wide registry, as if never imported
+    TASKS.pop("regression", None)
+    TASK_PATHS.pop("regression", None)
 
 
 @pytest.mark.parametrize("method", ["genlora", "lora"])
