@@ -73,6 +73,8 @@ def test_the_summary_warns_at_chance_and_when_twins_pile_up():
     monitor.history.append(record)
     start = summary_scalars(monitor.history[0], adapter_layers(model))["adapter/center_twins_A/mean"]
     said = monitor.warnings(task, {"best": {}})
-    assert said == [f"alarm: over 10 % of the basis vectors have a twin (< 0.1 widths apart): "
-                    f"adapter/center_twins_A/mean is 0.375 at step 50, {start:.3f} at step 0 (it grew in training)"]  # fmt: skip
+    assert said == [
+        "alarm: over 10 % of the basis vectors have a twin (< 0.1 widths apart): "
+        f"adapter/center_twins_A/mean is 0.375 at step 50, {start:.3f} at step 0 (it grew in training)"
+    ]
     assert "  warning: alarm: over 10 %" in AdapterMonitor.summary({**at_chance, "warnings": said, "run_dir": "x"})
