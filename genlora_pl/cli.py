@@ -275,12 +275,13 @@ def requeued_checkpoint(fit: Any) -> str | None:
         folder = (
             Path(args.get("save_dir") or root) / (args.get("name") or "lightning_logs") / (args.get("version") or job)
         )
-        found += [p for p in [folder / "checkpoints" / "last.ckpt"] if p.is_file()]
+        found += [p for p in [folder / "checkpoints" / "last.ckpt"] if p.exists()]  # a DCP last.ckpt is a folder
     if not found:
         return None
     newest = max(found, key=lambda p: p.stat().st_mtime)
     others = [str(p) for p in found if p != newest]
-    print(f"{job} restarted: resuming from {newest}" + (f" (newer than {', '.join(others)})" if others else ""))
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        print(f"{job} restarted: resuming from {newest}" + (f" (newer than {', '.join(others)})" if others else ""))
     return str(newest)
 
 
