@@ -31,7 +31,8 @@ from genlora_pl.quantize import frozen_bytes, frozen_kinds
 from genlora_pl.spectra import adapter_diagnostics, adapter_spectra, parameter_report
 
 SPECTRUM_KEYS = ("effective_rank", "stable_rank", "energy_rank", "top_singular_value", "relative_norm")
-_LOWER_IS_BETTER = ("loss", "perplexity")
+# Metric names whose best value is the lowest; a task adds its own with ``lower_is_better``.
+_LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "rmse", "error")
 
 
 def summary_scalars(record: dict[str, Any], layers: dict[str, AdapterLayer]) -> dict[str, float]:
@@ -152,7 +153,8 @@ class AdapterMonitor(L.Callback):
             return
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/") and value.numel() == 1:
-                pick = min if key.endswith(_LOWER_IS_BETTER) else max
+                lower = _LOWER_IS_BETTER + tuple(getattr(pl_module, "lower_is_better", ()))
+                pick = min if key.endswith(lower) else max
                 self.best[key] = pick(self.best.get(key, float(value)), float(value))
 
     # ----------------------------------------------------------------- end of fit

@@ -169,6 +169,9 @@ class AdapterTask(L.LightningModule):
     #: PEFT's ``task_type`` in exported adapter configs (``CAUSAL_LM``, ``SEQ_CLS``, ...); None: the
     #: generic ``PeftModel``, which wraps any model.
     peft_task_type: ClassVar[str | None] = None
+    #: Endings of metric names whose best value is the lowest, beyond loss, perplexity, mse, mae,
+    #: rmse and error (the run summary's "best" takes the minimum of those).
+    lower_is_better: ClassVar[tuple[str, ...]] = ()
     #: The splits whose metrics :meth:`build_metrics` makes.
     metric_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
 

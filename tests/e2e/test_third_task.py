@@ -76,6 +76,8 @@ def test_a_task_of_our_own_goes_through_every_command(tmp_path, plugins, method,
 
     val = [float(r["val/loss"]) for r in csv.DictReader((last.parents[1] / "metrics.csv").open()) if r.get("val/loss")]
     assert len(val) == 4 and val[-1] < 0.9 * val[0]  # it learned: validation loss fell epoch by epoch
+    best = json.loads((last.parents[1] / "results.json").read_text())["best"]
+    assert best["val/mse"] == pytest.approx(min(val), rel=1e-5)  # lower is better: the summary's best is the min
 
     capsys.readouterr()
     for command in ("validate", "test"):

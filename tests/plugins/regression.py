@@ -55,7 +55,7 @@ class RegressionModule(AdapterTask):
 
 
 class RegressionData(DataModule):
-    """``y = sin(x . w) + noise``, seeded: train, val and test carved from one table."""
+    """``y = 2 tanh(x . w / sqrt(d)) + noise``, seeded: train, val and test carved from one table."""
 
     def __init__(self, rows: int = 256, in_features: int = 8, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -64,5 +64,6 @@ class RegressionData(DataModule):
     def load_splits(self) -> dict[str, TensorDataset]:
         g = torch.Generator().manual_seed(self.seed)
         x = torch.randn(self.rows, self.in_features, generator=g)
-        y = torch.sin(x @ torch.randn(self.in_features, generator=g)) + 0.05 * torch.randn(self.rows, generator=g)
+        w = torch.randn(self.in_features, generator=g) / self.in_features**0.5
+        y = 2 * torch.tanh(x @ w) + 0.05 * torch.randn(self.rows, generator=g)
         return self.carve_dataset(TensorDataset(x, y))
