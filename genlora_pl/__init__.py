@@ -19,6 +19,7 @@ _EXPORTS = {
     "AdapterConfig": "genlora_pl.adapters",
     "GenLoRAConfig": "genlora_pl.adapters",
     "LoRAConfig": "genlora_pl.adapters",
+    "DoRAConfig": "genlora_pl.adapters",
     "register": "genlora_pl.adapters",
     "inject_adapters": "genlora_pl.injection",
     "merge_adapters": "genlora_pl.injection",
@@ -64,7 +65,7 @@ compat.redirect_moved_modules()
 
 
 if TYPE_CHECKING:
-    from genlora_pl.adapters import AdapterConfig, GenLoRAConfig, LoRAConfig, register
+    from genlora_pl.adapters import AdapterConfig, DoRAConfig, GenLoRAConfig, LoRAConfig, register
     from genlora_pl.callbacks import AdapterCallback, AdapterMonitor, FaultTolerance, PredictionWriter
     from genlora_pl.export import export_checkpoint, export_peft
     from genlora_pl.injection import (

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import sys
 import zlib
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,8 @@ class AdapterLayer(nn.Module):
     #: Alarms: ``stat -> (threshold, what crossing it means)``; the summarised value above the
     #: threshold fires it (a red line on the diagnostics figure, a warning in the fit's summary).
     diagnostics_alarms: ClassVar[dict[str, tuple[float, str]]] = {}
+    #: Settings the method adds to an exported PEFT ``LoraConfig`` (DoRA: ``use_dora``).
+    peft_config_extra: ClassVar[dict[str, Any]] = {}
     #: The kind of each trainable parameter (``param name -> kind``): the optimizer gives each kind its
     #: own parameter group, whose learning rate ``model.adapter_lr_multipliers`` can scale.
     param_kinds: ClassVar[dict[str, str]] = {}
@@ -159,6 +161,11 @@ class AdapterLayer(nn.Module):
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """The method's own trainable parameters (everything outside ``base_layer``)."""
         return {n: p for n, p in self.named_parameters() if not n.startswith("base_layer.")}
+
+    def peft_state(self) -> dict[str, torch.Tensor]:
+        """Tensors the method adds to a PEFT export beside ``lora_A`` and ``lora_B``, by PEFT's key
+        suffix (DoRA: ``lora_magnitude_vector``); none by default."""
+        return {}
 
     def num_trainable(self) -> int:
         """The number of trainable numbers this layer adds (its share, when a method shares tensors)."""

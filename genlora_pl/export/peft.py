@@ -55,6 +55,7 @@ def peft_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
             b = b[:, :, None, None]  # (m, r, 1, 1)
         state[f"{PREFIX}{name}.lora_A.weight"] = a
         state[f"{PREFIX}{name}.lora_B.weight"] = b
+        state.update({f"{PREFIX}{name}.{key}": value for key, value in layer.peft_state().items()})
     state.update({f"{PREFIX}{key}": value.detach() for key, value in saved_modules_state(model).items()})
     return state
 
@@ -77,7 +78,9 @@ def peft_config(model: nn.Module, base_model_name: str | None = None, task_type:
     r = max(set(ranks.values()), key=list(ranks.values()).count)
     rank_pattern = {n: k for n, k in ranks.items() if k != r}
     patterns = {"rank_pattern": rank_pattern, "alpha_pattern": dict(rank_pattern)} if rank_pattern else {}
+    extra = {k: v for layer in layers.values() for k, v in type(layer).peft_config_extra.items()}
     return {
+        **extra,
         "peft_type": "LORA",
         "task_type": guess_task_type(model) if task_type == "auto" else task_type,
         "base_model_name_or_path": base_model_name or _base_model_name(model),

@@ -231,7 +231,7 @@ def test_export_subcommand_writes_merged_peft_and_adapter(tmp_path, vit_weights)
     [
         (["--model.backbone", "timm:vit_does_not_exist"], "backbone='timm:vit_does_not_exist' is not a timm model"),
         (["--model.backbone", "resnet50"], "backbone='resnet50' is not valid; name it 'timm:<model>'"),
-        (["--adapter.method", "dora"], "adapter='dora' is unknown; choose one of genlora, lora"),
+        (["--adapter.method", "vera"], "adapter='vera' is unknown; choose one of dora, genlora, lora"),
         (
             ["--data.class_path", "genlora_pl.data.ImageFolderData", "--data.init_args.root", "/no/such/folder"],
             "root='/no/such/folder' does not exist",
@@ -262,10 +262,10 @@ def test_unknown_config_key_is_one_line(tmp_path, vit_weights, capsys):
 
 def test_errors_exit_non_zero_from_a_real_process(tmp_path):
     debug = str(ROOT / "configs" / "debug.yaml")
-    out = run_cli("fit", "--config", debug, "--adapter.method", "dora", cwd=tmp_path)
+    out = run_cli("fit", "--config", debug, "--adapter.method", "vera", cwd=tmp_path)
     assert out.returncode == 2
     expected = (
-        "error: adapter='dora' is unknown; choose one of genlora, lora, or the dotted path of a module that "
+        "error: adapter='vera' is unknown; choose one of dora, genlora, lora, or the dotted path of a module that "
         "registers one (my_pkg.my_method)."
     )
     assert out.stderr.strip().splitlines()[-1] == expected

@@ -45,7 +45,7 @@ def test_scaling_plain_and_rslora():
 def test_round_trip_and_unknown_adapter():
     cfg = GenLoRAConfig(r=4, group_size=3, kernel="inverse_quadratic", target_modules=["qkv"])
     assert config_from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ValueError, match="adapter='dora' is unknown; choose one of genlora, lora"):
-        adapter_class("dora")
+    with pytest.raises(ValueError, match="adapter='vera' is unknown; choose one of dora, genlora, lora"):
+        adapter_class("vera")
     with pytest.raises(ValueError, match="unknown genlora config keys \\['rank'\\]"):
         config_from_dict({"adapter": "genlora", "rank": 3})

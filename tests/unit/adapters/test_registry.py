@@ -59,7 +59,7 @@ def test_a_dotted_path_imports_and_names_the_method_its_module_registers(plugin)
 
 def test_an_unknown_dotted_path_gets_one_sentence(plugin):
     with pytest.raises(
-        ValueError, match=r"adapter='my_pkg.nothing' is unknown; choose one of genlora, lora.*dotted path"
+        ValueError, match=r"adapter='my_pkg.nothing' is unknown; choose one of dora, genlora, lora.*dotted path"
     ):
         method("my_pkg.nothing")
 
