@@ -8,6 +8,7 @@ the tokenizer.
 
 from __future__ import annotations
 
+import os
 import random
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -183,7 +184,11 @@ class DataModule(L.LightningDataModule):
         max_eval_samples: the same for validation and test.
         eval_batch_size: global batch size of validation, test and predict (``null``: ``batch_size``);
             generation-based evaluation runs faster in larger batches.
-        seed: seed of splits and subsets.
+        seed: seed of splits and subsets: which examples are train, val and test stays the same
+            whatever the run's seed.
+        order_seed: seed of the training order and of random augmentation; ``null`` (default): the
+            run's seed (``seed_everything``), so runs with different seeds see the data in different
+            orders, as well as starting from different adapters; without a run seed, ``seed``.
         backbone: the model's backbone name (linked by the CLI); picks transforms or tokenizer.
     """
 
@@ -197,6 +202,7 @@ class DataModule(L.LightningDataModule):
         max_eval_samples: int | None = None,
         eval_batch_size: int | None = None,
         seed: int = 0,
+        order_seed: int | None = None,
         backbone: str | None = None,
     ) -> None:
         super().__init__()
@@ -223,6 +229,7 @@ class DataModule(L.LightningDataModule):
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.seed = seed
+        self._order_seed = order_seed
         self.backbone = backbone
         self.splits: dict[str, Dataset] = {}
 
@@ -230,6 +237,14 @@ class DataModule(L.LightningDataModule):
     def load_splits(self) -> dict[str, Dataset]:
         """``{"train", "val", "test"}`` datasets (of ``(input, label)`` pairs for classification)."""
         raise NotImplementedError
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the training order (see ``order_seed`` in the class docstring)."""
+        if self._order_seed is not None:
+            return self._order_seed
+        run = os.environ.get("PL_GLOBAL_SEED")  # what Lightning's seed_everything sets
+        return int(run) if run is not None else self.seed
 
     def carve(self, n: int, *, val: bool = True, test: bool = True) -> dict[str, np.ndarray]:
         """The one place splits are carved: row numbers of ``train`` and of whichever of ``val``
@@ -254,7 +269,7 @@ class DataModule(L.LightningDataModule):
     def make_sampler(self, dataset: Dataset, parts: dict[str, int]) -> ResumableSampler:
         """The training sampler (a subclass may bucket by length); resumable in either case."""
         keyed = isinstance(dataset, TransformedDataset) and dataset.seed is not None
-        return ResumableSampler(dataset, shuffle=True, seed=self.seed, keyed=keyed, **parts)
+        return ResumableSampler(dataset, shuffle=True, seed=self.order_seed, keyed=keyed, **parts)
 
     # ------------------------------------------------------------- Lightning hooks
     def setup(self, stage: str | None = None) -> None:
@@ -317,7 +332,7 @@ class DataModule(L.LightningDataModule):
             collate_fn=self.collate,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(self.order_seed),
         )
 
     def train_dataloader(self) -> StatefulDataLoader:

@@ -50,7 +50,7 @@ class ImageData(ClassificationData):
             self._transforms = image_transforms(self.backbone, self.image_size)
         train, evaluate = self._transforms
         if split == "train" and self.augment:  # seeded per (epoch, sample): resumable, worker-independent
-            return TransformedDataset(dataset, train, seed=self.seed)
+            return TransformedDataset(dataset, train, seed=self.order_seed)
         return TransformedDataset(dataset, evaluate)
 
     def split_train(self, train: Dataset, test: Dataset) -> dict[str, Dataset]:

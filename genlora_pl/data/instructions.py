@@ -611,9 +611,10 @@ class InstructionData(DataModule):
 
     def make_sampler(self, dataset: Dataset, parts: dict[str, int]) -> ResumableSampler:
         if isinstance(dataset, Packed):
-            return ResumableSampler(dataset, shuffle=True, seed=self.seed, **parts)
+            return ResumableSampler(dataset, shuffle=True, seed=self.order_seed, **parts)
+        lengths = _lengths(dataset)
         return BucketedSampler(
-            dataset, shuffle=True, seed=self.seed, lengths=_lengths(dataset), global_batch=self.batch_size, **parts
+            dataset, shuffle=True, seed=self.order_seed, lengths=lengths, global_batch=self.batch_size, **parts
         )
 
     @property
