@@ -421,6 +421,16 @@ class GenLoRACLI(LightningCLI):
         self._write_results("test")
 
 
+def _close_process_group() -> None:
+    """End the distributed process group of a finished run. Left to the interpreter's exit, gloo's
+    threads were torn down under a live group: one rank of a finished 2-process CPU run died with
+    "terminate called without an active exception" (exit 134), and the job looked failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def run(args: list[str] | None = None) -> GenLoRACLI:
     quiet()
     if args is None:
@@ -430,7 +440,7 @@ def run(args: list[str] | None = None) -> GenLoRACLI:
     Parser.argv = list(sys.argv[1:] if args is None else args)
     check_config_files(sys.argv[1:] if args is None else args)
     try:
-        return GenLoRACLI(
+        cli = GenLoRACLI(
             AdapterTask,
             DataModule,
             subclass_mode_model=True,
@@ -441,5 +451,7 @@ def run(args: list[str] | None = None) -> GenLoRACLI:
             parser_class=Parser,
             auto_configure_optimizers=False,
         )
+        _close_process_group()
+        return cli
     except SIGTERMException:  # a SystemExit with code 0 otherwise: the job would look finished
         raise SystemExit(SIGTERM_EXIT) from None
