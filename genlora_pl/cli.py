@@ -167,12 +167,12 @@ def explain_unknown_key(message: str, argv: list[str]) -> str:
         holder = next((f for f in files if _yaml_has(f, key)), None)
         if holder:
             message += f" (in {holder})"
-    known = _known_keys()
     guess = SYNONYMS.get(leaf.lower())
     if guess is None:
         close = difflib.get_close_matches(leaf.lower(), list(SYNONYMS), n=1, cutoff=0.8)
         guess = SYNONYMS[close[0]] if close else None
-    if guess is None:
+    if guess is None:  # only now: walking every task and data module's signature is the costly part
+        known = _known_keys()
         same = [k for k in known if k.split(".")[0] == section.split(".")[0]] or known
         leaves = {k.rsplit(".", 1)[-1]: k for k in same}
         close = difflib.get_close_matches(leaf, list(leaves), n=1, cutoff=0.7)

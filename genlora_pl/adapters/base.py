@@ -215,7 +215,14 @@ class AdapterLayer(nn.Module):
         if self.merged:
             return y
         a, b = self.forward_factors(x.dtype)
-        h = self.dropout(x)
+        return self.apply_update(x, y, self.dropout(x), a, b)
+
+    def apply_update(
+        self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> torch.Tensor:
+        """The adapted output from the base output ``y``: ``y + B (A h)``, ``h`` the (dropped-out) input
+        ``x`` and ``B`` already scaled (:meth:`forward_factors`). A method whose update is not added to
+        ``y`` (DoRA rescales it) overrides this, not the forward."""
         if self.dense_update:
             return self.add_update(y, h, b @ a)
         base = self.base_layer

@@ -73,12 +73,9 @@ class DoRALayer(LoRALayer):
             norm = (self.base_matrix().float() + self.delta_matrix()).norm(dim=1)
         return (self.magnitude.float() / norm).to(dtype)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        y = self.base_layer(x, *args, **kwargs)
-        if self.merged:
-            return y
-        a, b = self.forward_factors(x.dtype)
-        h = self.dropout(x)
+    def apply_update(
+        self, x: torch.Tensor, y: torch.Tensor, h: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+    ) -> torch.Tensor:
         bias = self.base_layer.bias
         without_bias = y if bias is None else y - bias.to(y.dtype)
         # dropout active: W0 sees the dropped input too (PEFT's choice)

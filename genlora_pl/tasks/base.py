@@ -39,6 +39,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 
 from genlora_pl.adapters import AdapterLayer, config_differences
+from genlora_pl.backbones import BackboneSpec, save_backbone
 from genlora_pl.checkpoints import adapter_config_of
 from genlora_pl.compat import FORMAT_VERSION, migrate_checkpoint
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
@@ -352,13 +353,19 @@ class AdapterTask(L.LightningModule):
     # ----------------------------------------------------------------- export
     def save_merged(self, plain: nn.Module, folder: Path) -> None:
         """Write the merged backbone (no adapters left in it) into the existing ``folder`` for
-        ``export``'s ``merged/``: by default its state dict as ``model.safetensors`` and its class;
-        timm and transformers tasks write their library's own format."""
-        from safetensors.torch import save_file
+        ``export``'s ``merged/``: a ``timm:`` or ``hf:`` backbone in its library's own format
+        (:func:`~genlora_pl.backbones.save_backbone`), any other its state dict as
+        ``model.safetensors`` and its class."""
+        try:
+            BackboneSpec.parse(self.backbone_name)
+        except ValueError:  # a task's own backbone, named its own way
+            from safetensors.torch import save_file
 
-        save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, folder / "model.safetensors")
-        meta = {"class": class_path(type(plain)), "task": self.task, "backbone": self.backbone_name}
-        (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, folder / "model.safetensors")
+            meta = {"class": class_path(type(plain)), "task": self.task, "backbone": self.backbone_name}
+            (folder / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+            return
+        save_backbone(plain, self.backbone_name, folder)
 
     # ----------------------------------------------------------------- optimisation
     def parameter_groups(self) -> list[dict[str, Any]]:

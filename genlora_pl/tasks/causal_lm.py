@@ -25,7 +25,6 @@ end-of-turn token of the chat template as well as at end-of-sequence.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -41,7 +40,6 @@ from genlora_pl.backbones import (
     hf_path,
     load_tokenizer,
     meta_filler,
-    save_backbone,
     stop_ids,
 )
 from genlora_pl.injection import adapter_layers, merge_adapters, unmerge_adapters
@@ -135,9 +133,6 @@ class CausalLMModule(AdapterTask):
         trainer = self._trainer
         device = trainer.strategy.root_device.type if trainer is not None else self.device.type
         return resolve_dtype(self.hparams.get("dtype", "float32"), device)
-
-    def save_merged(self, plain: nn.Module, folder: Path) -> None:
-        save_backbone(plain, self.backbone_name, folder)
 
     def build_backbone(self) -> nn.Module:
         hp = self.hparams

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from genlora_pl.backbones import BackboneSpec, build_backbone, check_hf_source, save_backbone
+from genlora_pl.backbones import BackboneSpec, build_backbone, check_hf_source
 from genlora_pl.tasks.base import AdapterTask
 
 
@@ -78,9 +77,6 @@ class ClassificationModule(AdapterTask):
     @property
     def class_names(self) -> list[str]:
         return list(self.hparams.get("class_names") or [str(i) for i in range(self.num_classes)])
-
-    def save_merged(self, plain: nn.Module, folder: Path) -> None:
-        save_backbone(plain, self.backbone_name, folder)
 
     def build_backbone(self) -> nn.Module:
         hp = self.hparams
