@@ -80,7 +80,7 @@ def run_one(
     L.seed_everything(seed, verbose=False)
     data = make_data(task["data"], task["backbone"])
     kind = method["kind"]
-    adapted = kind in ("lora", "genlora")
+    adapted = kind in ("lora", "genlora", "dora")
     causal = task.get("task") == "causal_lm"
     metric = "exact_match" if causal else "acc"
     # lr: the adapters' rate (adapter_lr) for adapter methods, the only rate otherwise; head_lr: the
@@ -107,7 +107,11 @@ def run_one(
         scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
         callbacks.append(AdapterCallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))
 
-    epochs = task.get("max_epochs", 1)
+    epochs = task.get("max_epochs", -1 if task.get("max_steps") else 1)  # a step budget: as many epochs as it takes
+    # curve_every: validate every so many steps inside fit, for the learning curve; otherwise no
+    # validation inside fit (validate() below gives the final score either way)
+    every = task.get("curve_every")
+    curve = curve_recorder(f"val/{metric}")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=1,
@@ -118,9 +122,10 @@ def run_one(
         enable_progress_bar=False,
         enable_model_summary=False,
         num_sanity_val_steps=0,
-        check_val_every_n_epoch=epochs + 1,  # no validation inside fit: validate() below
-        limit_val_batches=0 if causal else None,
-        callbacks=callbacks,
+        check_val_every_n_epoch=None if every else 10**9,
+        val_check_interval=every,
+        limit_val_batches=None if every or not causal else 0,
+        callbacks=[*callbacks, curve],
         default_root_dir=str(results / "lightning"),
     )
     before: dict[str, Any] = {}
@@ -136,13 +141,13 @@ def run_one(
     val = evaluate.validate(module, datamodule=data, verbose=False)[0][f"val/{metric}"]
     test = None if stage == "tune" else evaluate.test(module, datamodule=data, verbose=False)[0][f"test/{metric}"]
     backbone = module.backbone
-    if kind in ("lora", "genlora"):
+    if adapted:
         ranks = [s.effective_rank for s in adapter_spectra(backbone).values()]
     elif kind == "full":
         ranks = update_ranks(backbone, before)
     else:
         ranks = []
-    adapter_params = parameter_report(backbone).adapter_params if kind in ("lora", "genlora") else 0
+    adapter_params = parameter_report(backbone).adapter_params if adapted else 0
     trainable = 0 if kind == "untuned" else sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     return {
         "stage": stage,
@@ -161,7 +166,25 @@ def run_one(
         "eval_samples": len(data.splits["val"]),
         "test_samples": len(data.splits["test"]),
         "torch_threads": torch.get_num_threads(),
+        "curve": curve.points,  # [[step, val score], ...] when the task has curve_every
     }
+
+
+def curve_recorder(metric: str) -> Any:
+    """A callback that records ``[step, score]`` at every validation inside fit: the learning curve.
+    (Defined here so that ``--summarize`` does not import Lightning.)"""
+    import lightning as L
+
+    class CurveRecorder(L.Callback):
+        def __init__(self) -> None:
+            self.points: list[list[float]] = []
+
+        def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+            # (on_validation_end: the epoch's metrics are in callback_metrics by then, not before)
+            if not trainer.sanity_checking and metric in trainer.callback_metrics:
+                self.points.append([trainer.global_step, float(trainer.callback_metrics[metric])])
+
+    return CurveRecorder()
 
 
 def score_name(task: dict[str, Any]) -> str:

@@ -320,3 +320,27 @@ def test_a_template_that_trims_messages_still_trains_each_turn(tmp_path, llama):
     d = InstructionData(train_file=path, val_file=path, test_file=path, batch_size=1, backbone=f"hf:{folder}")
     d.setup()
     assert trained(d, d.splits["train"][0]) == ["3", "<eos>"]
+
+
+def test_facts_are_random_distinct_and_asked_back_from_training(llama):
+    from genlora_pl.data import FactsData
+
+    d = FactsData(num_facts=30, val_size=5, test_size=10, batch_size=4, backbone=f"hf:{llama}")
+    d.setup()
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 30, "val": 5, "test": 10}
+    trained = {d.splits["train"][i]["prompt"]: d.splits["train"][i]["answer"] for i in range(30)}
+    assert len(trained) == 30  # distinct names
+    asked = {split: [d.splits[split][i]["prompt"] for i in range(len(d.splits[split]))] for split in ("val", "test")}
+    assert not set(asked["val"]) & set(asked["test"])  # tuning never reads a test fact ...
+    assert set(asked["val"]) | set(asked["test"]) <= set(trained)  # ... and both ask trained facts
+    answers = [d.splits["test"][i]["answer"] for i in range(10)]
+    assert all(len(a) == 4 and a.isdigit() for a in answers)
+    assert d.score("test", list(range(10)), answers) == [1.0] * 10
+    assert d.score("test", [0], [answers[0][::-1] + "9"]) == [0.0]
+    again = FactsData(num_facts=30, val_size=5, test_size=10, backbone=f"hf:{llama}")
+    assert again.facts == d.facts  # the data seed fixes the facts ...
+    assert FactsData(num_facts=30, seed=1, val_size=5, test_size=10, backbone=f"hf:{llama}").facts != d.facts
+    with pytest.raises(ValueError, match="val_size=20 and test_size=20 ask for 40 facts but num_facts=30"):
+        FactsData(num_facts=30, val_size=20, test_size=20, backbone=f"hf:{llama}")
+    with pytest.raises(ValueError, match="num_facts=3000 needs more than half"):
+        FactsData(num_facts=3000, name_syllables=1, backbone=f"hf:{llama}")
