@@ -13,7 +13,7 @@ import sys
 from genlora_pl.errors import is_user_error, one_line
 
 USAGE = """\
-usage: python -m genlora_pl {fit,validate,test,predict,export} [options]
+usage: python -m genlora_pl {fit,validate,test,predict,export,evaluate,task_file} [options]
 
 Fine-tune timm and Hugging Face transformers models with GenLoRA adapters.
 
@@ -23,6 +23,8 @@ subcommands:
   test       run one test epoch
   predict    write predictions (predictions.jsonl beside the checkpoint's run)
   export     write the merged backbone, a PEFT LoRA folder and the adapter from a checkpoint
+  evaluate   run lm-evaluation-harness tasks on a causal LM's checkpoint, merged or PEFT export
+  task_file  write a config's instruction data as an lm-evaluation-harness task file (offline)
 
 `--config NAME.yaml` takes a file path, or the name of a config shipped with the package:
 @CONFIGS@
@@ -48,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             from genlora_pl.export.checkpoint import cli as export_cli
 
             export_cli(argv[1:])
+        elif argv[0] in ("evaluate", "task_file"):
+            from genlora_pl.harness import cli as harness_cli
+
+            harness_cli(argv[0], argv[1:])
         else:
             from genlora_pl.cli import run
 

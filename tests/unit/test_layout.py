@@ -16,13 +16,14 @@ LAYERS = [
     {"state", "spectra", "backbones", "checkpoints"},
     {"data", "tasks"},
     {"callbacks", "export"},
-    {"cli"},
+    {"cli", "harness"},
     {"__main__", "__init__"},
 ]
 # Our modules imported inside a function, each for a reason (the tests below say which).
 LAZY = {
     ("__main__", "genlora_pl.cli"): "--help answers before Lightning and torch are imported",
     ("__main__", "genlora_pl.export.checkpoint"): "--help answers before Lightning and torch are imported",
+    ("__main__", "genlora_pl.harness"): "--help answers before Lightning and torch are imported",
     ("compat", "genlora_pl.adapters.genlora"): "the package __init__ installs compat's module redirects before torch",
 }
 
