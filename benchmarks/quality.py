@@ -324,7 +324,63 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
     atomic_write_text(results / "quality_summary.json", json.dumps(summary, indent=1) + "\n")
     if summary:
         plot(summary, results)
+    for key, task in cfg["tasks"].items():
+        plot_curves(key, task, [r for r in rows if r["task"] == key], results)
     return "\n".join(out)
+
+
+def curves_of(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float, float]]]:
+    """``{label: [(step, mean, low, high), ...]}``: the final runs' validation curves by method (mean,
+    lowest and highest over seeds), else the tuning runs' by method and rate. Every curve starts at
+    the untuned model's score where it was run."""
+    final = [r for r in rows if r["stage"] == "final"]
+    chosen = final or rows
+    start = next((r["val_acc"] for r in rows if r["kind"] == "untuned"), None)
+    groups: dict[str, list[list[list[float]]]] = {}
+    for r in chosen:
+        if r.get("curve"):
+            label = r["method"] if final else f"{r['method']} (lr {r['settings']['lr']:g})"
+            groups.setdefault(label, []).append(r["curve"])
+    out = {}
+    for label, curves in groups.items():
+        steps = sorted({p[0] for c in curves for p in c})
+        points = [(0.0, start, start, start)] if start is not None else []
+        for step in steps:
+            values = [p[1] for c in curves for p in c if p[0] == step]
+            points.append((step, statistics.fmean(values), min(values), max(values)))
+        out[label] = points
+    return out
+
+
+def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], results: Path) -> None:
+    """``curves_<task>.png``: validation score against steps, one line per method (the band: the
+    seeds' range)."""
+    curves = curves_of(rows)
+    if not curves:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import textwrap
+
+    import matplotlib.pyplot as plt
+
+    from genlora_pl.files import atomic_write
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, points in curves.items():
+        steps, mean, low, high = zip(*points, strict=True)
+        (line,) = ax.plot(steps, [100 * v for v in mean], marker="o", markersize=3, label=label)
+        if len(set(low) | set(high)) > 1:
+            ax.fill_between(steps, [100 * v for v in low], [100 * v for v in high], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"validation {score_name(task)} (%)")
+    ax.set_title(textwrap.fill(task["title"], 80), fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    atomic_write(results / f"curves_{key}.png", lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
 
 
 def plot(summary: dict[str, Any], results: Path) -> None:

@@ -45,12 +45,14 @@ def quality_config(tmp_path: Path) -> Path:
                     "init_args": {"train_file": str(sums), "batch_size": 8, "max_length": 32, "eval_batch_size": 16},
                 },
                 "max_steps": 6,
-                "methods": ["untuned", "LoRA r=2", "GenLoRA r=8 g=2"],
+                "curve_every": 3,  # the learning curve: validation at steps 3 and 6
+                "methods": ["untuned", "LoRA r=2", "DoRA r=2", "GenLoRA r=8 g=2"],
             },
         },
         "methods": [
             {"name": "head only", "kind": "head", "lr": 3e-3},
             {"name": "LoRA r=2", "kind": "lora", "r": 2, "lr": 3e-3},
+            {"name": "DoRA r=2", "kind": "dora", "r": 2, "lr": 3e-3},
             {"name": "GenLoRA r=8 g=2", "kind": "genlora", "r": 8, "group_size": 2, "lr": 1e-2},
             {"name": "full fine-tuning", "kind": "full", "lr": 1e-3},
             {"name": "untuned", "kind": "untuned"},
@@ -83,9 +85,16 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     lm = {r["method"]: r for r in rows if r["task"] == "sums"}
     rows = [r for r in rows if r["task"] == "topics"]
     assert [r["stage"] for r in rows] == ["tune"] + ["final"] * 4
-    assert set(lm) == {"untuned", "LoRA r=2", "GenLoRA r=8 g=2"} and lm["untuned"]["trainable_params"] == 0
+    assert set(lm) == {"untuned", "LoRA r=2", "DoRA r=2", "GenLoRA r=8 g=2"} and lm["untuned"]["trainable_params"] == 0
     assert all(0 <= r["test_acc"] <= 1 for r in lm.values())  # exact match of greedy answers
     assert lm["GenLoRA r=8 g=2"]["trainable_params"] > 0 and "exact match" in stdout
+    # DoRA: LoRA's parameters plus one magnitude per output row of each adapted layer, spectra like the others
+    assert lm["DoRA r=2"]["trainable_params"] > lm["LoRA r=2"]["trainable_params"]
+    assert 1 <= lm["DoRA r=2"]["mean_effective_rank"] <= 2
+    for method in ("LoRA r=2", "DoRA r=2", "GenLoRA r=8 g=2"):  # validation against steps, inside the fit
+        assert [step for step, _ in lm[method]["curve"]] == [3, 6]
+        assert lm[method]["curve"][-1][1] == pytest.approx(lm[method]["val_acc"])  # the last point: the final model
+    assert (results / "curves_sums.png").read_bytes()[:4] == b"\x89PNG"
     tune, final = rows[0], {r["method"]: r for r in rows[1:]}
     assert tune["test_acc"] is None and tune["settings"]["width0"] == 0.7  # the test split is never read
     assert final["head only"]["mean_effective_rank"] is None
@@ -100,9 +109,9 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
 
     # A second call finds every run done and only writes the summary again.
     run(script, "--config", str(config), "--results", str(results))
-    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 8
+    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 9
     with open(results / "quality.csv") as f:
-        assert len(list(csv.DictReader(f))) == 8
+        assert len(list(csv.DictReader(f))) == 9
     summary = json.loads((results / "quality_summary.json").read_text())
     assert [m["method"] for m in summary["topics"]["methods"]] == list(final)
     assert summary["topics"]["samples"]["train"] == final["LoRA r=2"]["train_samples"]
