@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from genlora_pl.backbones import BackboneSpec, hf_path, turn_end_id
@@ -35,6 +36,7 @@ from genlora_pl.cli import resolve_config_names
 from genlora_pl.data.instructions import InstructionData
 from genlora_pl.export.checkpoint import export_checkpoint
 from genlora_pl.files import atomic_write_text
+from genlora_pl.quantize import DTYPES, resolve_dtype
 
 #: What each answer extractor of the instruction data is in the harness's filters.
 FILTERS = {
@@ -120,8 +122,8 @@ def evaluate(
     limit: float | None = None,
     num_fewshot: int | None = None,
     batch_size: int = 8,
-    device: str = "cpu",
-    dtype: str = "float32",
+    device: str | None = None,
+    dtype: str = "auto",
     apply_chat_template: bool = False,
     seed: int = 0,
     overwrite: bool = False,
@@ -138,8 +140,9 @@ def evaluate(
         limit: examples per task (a count, or a share when below 1); ``null``: all.
         num_fewshot: few-shot examples per prompt (``null``: each task's own setting).
         batch_size: prompts per forward pass.
-        device: ``cpu``, ``cuda``, ``cuda:1``, ...
-        dtype: the model's dtype in the harness (``float32``, ``bfloat16``, ``auto``).
+        device: ``cpu``, ``cuda``, ``cuda:1``, ...; ``null``: ``cuda`` when there is a GPU, else ``cpu``.
+        dtype: the model's dtype in the harness (``float32``, ``bfloat16``, ``float16``); ``auto``:
+            bfloat16 on a GPU that has it, float32 elsewhere (as the frozen base of a fit).
         apply_chat_template: render prompts through the tokenizer's chat template (for the harness's
             own tasks; our task files are rendered already).
         seed: the harness's random, numpy, torch and few-shot seeds.
@@ -155,6 +158,10 @@ def evaluate(
     if not tasks:
         raise ValueError("tasks=[] is not valid; give harness task names or YAML task files.")
     model_kind(model)  # a wrong path fails before the harness loads
+    if dtype not in (*DTYPES, "auto"):
+        raise ValueError(f"dtype={dtype!r} is not valid; choose auto, {', '.join(DTYPES)}.")
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    precision = str(resolve_dtype(dtype, device.split(":")[0])).removeprefix("torch.")
     lm_eval = _lm_eval()
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import make_table
@@ -170,7 +177,7 @@ def evaluate(
     with model_arguments(model, base) as args:
         results = lm_eval.simple_evaluate(
             model="hf",
-            model_args={**args, "dtype": dtype},
+            model_args={**args, "dtype": precision},
             tasks=names,
             task_manager=manager,
             num_fewshot=num_fewshot,
