@@ -87,3 +87,27 @@ def test_merge_and_unmerge_are_exact_and_magnitudes_train():
 def test_a_convolution_is_refused_in_one_sentence():
     with pytest.raises(TypeError, match=r"DoRA here adapts linear layers"):
         DoRALayer(nn.Conv2d(3, 8, 1), DoRAConfig(r=2), "conv")
+
+
+def test_dora_on_an_nf4_base_starts_as_the_base_and_trains():
+    """A 4-bit NF4 frozen base (model.init_args.quantize: nf4): the magnitudes come from the dequantized
+    weight, so the adapted layer starts exactly at the quantized layer's output, and every DoRA parameter
+    gets a gradient."""
+    pytest.importorskip("torchao")
+    from genlora_pl.quantize import quantize_nf4
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 64))
+    assert quantize_nf4(model) == 2
+    x = torch.randn(4, 128)
+    with torch.no_grad():
+        quantized = model(x)
+    inject_adapters(model, DoRAConfig(r=4, target_modules=["0", "2"]))
+    torch.testing.assert_close(model(x), quantized, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # B starts at zero, which leaves A without a gradient at the first step
+        for layer in adapter_layers(model).values():
+            layer.lora_B.normal_()
+    model(x).square().sum().backward()
+    for layer in adapter_layers(model).values():
+        for name in ("lora_A", "lora_B", "magnitude"):
+            assert getattr(layer, name).grad.abs().sum() > 0, name
