@@ -355,13 +355,13 @@ def test_the_llm_quick_start_config_takes_a_small_file_of_ones_own(work, tmp_pat
 def test_the_facts_task_runs_from_any_causal_config(work):
     """The capacity task through the CLI, as docs/configuration.md shows it: any causal-LM config with
     its data switched to FactsData (the settings the two data modules share carry over)."""
-    out = run_cli("fit", "--config", "lm.yaml", "--data", "genlora_pl.data.FactsData",
-                  "--data.init_args.num_facts", "24", "--data.init_args.val_size", "4", "--data.init_args.test_size", "8",
-                  "--trainer.max_steps", "2", "--trainer.val_check_interval", "2", "--trainer.logger", "false",
-                  "--trainer.default_root_dir", str(work / "facts"), cwd=work)  # fmt: skip
+    facts = ["--data", "genlora_pl.data.FactsData", "--data.init_args.num_facts", "24"]
+    out = run_cli("fit", "--config", "lm.yaml", *facts, "--data.init_args.val_size", "4",
+                  "--data.init_args.test_size", "8", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                  "--trainer.logger", "false", "--trainer.default_root_dir", str(work / "facts"), cwd=work)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "val/exact_match" in out.stdout
-    out = run_cli("fit", "--config", "lm.yaml", "--data", "genlora_pl.data.FactsData", "--data.init_args.num_facts", "24",
-                  "--trainer.logger", "false", "--trainer.default_root_dir", str(work / "facts_bad"), cwd=work)  # fmt: skip
+    out = run_cli("fit", "--config", "lm.yaml", *facts, "--trainer.logger", "false",
+                  "--trainer.default_root_dir", str(work / "facts_bad"), cwd=work)  # fmt: skip
     assert out.returncode == 2
     assert "val_size=50 and test_size=100 ask for 150 facts but num_facts=24" in out.stderr
