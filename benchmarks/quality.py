@@ -228,11 +228,13 @@ def planned(cfg: dict[str, Any], stage: str, tasks: list[str], methods: list[str
                 continue
             for seed in [s for s in tune.get("seeds", [0]) if seeds is None or s in seeds]:
                 for variant in tune["variants"]:
-                    if variant.get("kind", tune["base"]["kind"]) != tune["base"]["kind"]:
-                        yield tune["task"], variant, seed  # another method: a complete entry of its own
-                        continue
-                    name = tune["base"]["name"] + " " + ", ".join(f"{k}={v}" for k, v in variant.items())
-                    yield tune["task"], {**tune["base"], **variant, "name": name.strip()}, seed
+                    if "name" in variant:
+                        entry = variant  # another method, named: a complete entry of its own
+                    else:
+                        name = tune["base"]["name"] + " " + ", ".join(f"{k}={v}" for k, v in variant.items())
+                        entry = {**tune["base"], **variant, "name": name.strip()}
+                    if methods is None or any(entry["name"] == m or entry["name"].startswith(f"{m} ") for m in methods):
+                        yield tune["task"], entry, seed
         return
     for key in tasks:
         task = cfg["tasks"][key]
@@ -430,7 +432,9 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=HERE / "quality.yaml")
     parser.add_argument("--stage", choices=["final", "tune"], default="final")
     parser.add_argument("--task", nargs="+", help="task keys of the config (default: all)")
-    parser.add_argument("--methods", nargs="+", help="method names of the config (default: all)")
+    parser.add_argument(
+        "--methods", nargs="+", help="method names of the config (default: all); in tuning, their variants too"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, help="default: the config's seeds")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of runs, tables and plot")
