@@ -12,6 +12,7 @@ import yaml
 from helpers import run_cli, write_sums, write_tiny_llama
 
 pytest.importorskip("lm_eval")
+pytestmark = pytest.mark.slow  # a fit, an export and four harness runs: about 2 minutes on 2 cores
 
 PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
