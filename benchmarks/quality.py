@@ -341,7 +341,9 @@ def curves_of(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, 
     groups: dict[str, list[list[list[float]]]] = {}
     for r in chosen:
         if r.get("curve"):
-            label = r["method"] if final else f"{r['method']} (lr {r['settings']['lr']:g})"
+            n = r["trainable_params"]
+            size = f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} K"
+            label = f"{r['method']} ({size})" if final else f"{r['method']} ({size}, lr {r['settings']['lr']:g})"
             groups.setdefault(label, []).append(r["curve"])
     out = {}
     for label, curves in groups.items():
