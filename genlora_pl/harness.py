@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +32,7 @@ import yaml
 
 from genlora_pl.backbones import BackboneSpec, hf_path, turn_end_id
 from genlora_pl.cli import resolve_config_names
-from genlora_pl.data.instructions import InstructionData
+from genlora_pl.data.instructions import NUMBER, InstructionData
 from genlora_pl.export.checkpoint import export_checkpoint
 from genlora_pl.files import atomic_write_text
 from genlora_pl.quantize import DTYPES, resolve_dtype
@@ -43,7 +42,7 @@ FILTERS = {
     "exact": [{"function": "regex", "regex_pattern": r"^\s*([\s\S]*?)\s*$"}, {"function": "take_first"}],
     "first_line": [{"function": "regex", "regex_pattern": r"^\s*(.*?)\s*(?:\n|$)"}, {"function": "take_first"}],
     "last_number": [
-        {"function": "regex", "regex_pattern": r"(-?\d[\d,]*(?:\.\d+)?)", "group_select": -1},
+        {"function": "regex", "regex_pattern": f"({NUMBER.pattern})", "group_select": -1},
         {"function": "take_first"},
     ],
 }
@@ -290,7 +289,3 @@ def cli(command: str, argv: list[str]) -> None:
     from jsonargparse import auto_cli
 
     auto_cli({"evaluate": evaluate, "task_file": task_file}[command], args=argv, as_positional=False)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    cli(sys.argv[1], sys.argv[2:])
