@@ -331,12 +331,16 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
     return "\n".join(out)
 
 
-def curves_of(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, float, float]]]:
+def curves_of(
+    rows: list[dict[str, Any]], order: list[str] | None = None
+) -> dict[str, list[tuple[float, float, float, float]]]:
     """``{label: [(step, mean, low, high), ...]}``: the final runs' validation curves by method (mean,
     lowest and highest over seeds), else the tuning runs' by method and rate. Every curve starts at
-    the untuned model's score where it was run."""
+    the untuned model's score where it was run; methods in ``order`` (the task's list) come first,
+    in that order, so the legend reads like the tables."""
     final = [r for r in rows if r["stage"] == "final"]
-    chosen = final or rows
+    order = order or []
+    chosen = sorted(final or rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
     start = next((r["val_acc"] for r in rows if r["kind"] == "untuned"), None)
     groups: dict[str, list[list[list[float]]]] = {}
     for r in chosen:
@@ -359,7 +363,7 @@ def curves_of(rows: list[dict[str, Any]]) -> dict[str, list[tuple[float, float, 
 def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], results: Path) -> None:
     """``curves_<task>.png``: validation score against steps, one line per method (the band: the
     seeds' range)."""
-    curves = curves_of(rows)
+    curves = curves_of(rows, task.get("methods"))
     if not curves:
         return
     import matplotlib
