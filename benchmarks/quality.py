@@ -275,7 +275,7 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
         for r in done:
             groups.setdefault(r["method"], []).append(r)
         table = []
-        for name in sorted(groups, key=lambda n: order.index(n) if n in order else len(order)):
+        for name in sorted(groups, key=in_order(order)):
             g = groups[name]
             tests = [r["test_acc"] for r in g]
             ranks = [r["mean_effective_rank"] for r in g if r["mean_effective_rank"] is not None]
@@ -327,20 +327,22 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
     if summary:
         plot(summary, results)
     for key, task in cfg["tasks"].items():
-        plot_curves(key, task, [r for r in rows if r["task"] == key], results)
+        plot_curves(key, task, [r for r in rows if r["task"] == key], order, results)
     return "\n".join(out)
 
 
-def curves_of(
-    rows: list[dict[str, Any]], order: list[str] | None = None
-) -> dict[str, list[tuple[float, float, float, float]]]:
+def in_order(order: list[str]) -> Any:
+    """Sort key of method names: their place in ``order`` (the config's methods), others after."""
+    return lambda name: order.index(name) if name in order else len(order)
+
+
+def curves_of(rows: list[dict[str, Any]], order: list[str]) -> dict[str, list[tuple[float, float, float, float]]]:
     """``{label: [(step, mean, low, high), ...]}``: the final runs' validation curves by method (mean,
     lowest and highest over seeds), else the tuning runs' by method and rate. Every curve starts at
-    the untuned model's score where it was run; methods in ``order`` (the task's list) come first,
-    in that order, so the legend reads like the tables."""
+    the untuned model's score where it was run; methods in the tables' ``order``."""
     final = [r for r in rows if r["stage"] == "final"]
-    order = order or []
-    chosen = sorted(final or rows, key=lambda r: order.index(r["method"]) if r["method"] in order else len(order))
+    place = in_order(order)
+    chosen = sorted(final or rows, key=lambda r: place(r["method"]))
     start = next((r["val_acc"] for r in rows if r["kind"] == "untuned"), None)
     groups: dict[str, list[list[list[float]]]] = {}
     for r in chosen:
@@ -360,10 +362,10 @@ def curves_of(
     return out
 
 
-def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], results: Path) -> None:
+def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], order: list[str], results: Path) -> None:
     """``curves_<task>.png``: validation score against steps, one line per method (the band: the
     seeds' range)."""
-    curves = curves_of(rows, task.get("methods"))
+    curves = curves_of(rows, order)
     if not curves:
         return
     import matplotlib
