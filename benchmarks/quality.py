@@ -9,10 +9,13 @@ markdown table and ``quality.png`` (test accuracy against trainable parameters).
 
     python benchmarks/quality.py --task tweets                  # 15 methods x 3 seeds
     python benchmarks/quality.py --stage tune                   # validation-only tuning sweep
+    python benchmarks/quality.py --stage curve --task tweets    # learning curves of the final settings, seed 0
     python benchmarks/quality.py --summarize
 
 Test accuracy is that of the model after the last epoch (no checkpoint picked on any split). The
-tuning stage never evaluates the test split.
+tuning and curve stages never evaluate the test split. A task with ``curve_every`` validates every
+so many steps inside fit and records the learning curve; the curve stage runs the final settings for
+that alone (by default seed 0), for tasks whose final runs were recorded before they had curves.
 """
 
 from __future__ import annotations
@@ -139,7 +142,11 @@ def run_one(
     evaluate = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(results / "lightning"))  # fmt: skip
     val = evaluate.validate(module, datamodule=data, verbose=False)[0][f"val/{metric}"]
-    test = None if stage == "tune" else evaluate.test(module, datamodule=data, verbose=False)[0][f"test/{metric}"]
+    test = None
+    if stage == "final":  # the tuning and curve stages never read the test split
+        test = evaluate.test(module, datamodule=data, verbose=False)[0][f"test/{metric}"]
+    if curve.points and curve.points[-1][0] != trainer.global_step:  # every curve ends at the final model
+        curve.points.append([trainer.global_step, float(val)])
     backbone = module.backbone
     if adapted:
         ranks = [s.effective_rank for s in adapter_spectra(backbone).values()]
@@ -336,20 +343,27 @@ def in_order(order: list[str]) -> Any:
     return lambda name: order.index(name) if name in order else len(order)
 
 
+def curve_stage(rows: list[dict[str, Any]]) -> str | None:
+    """The stage whose runs draw the learning curves: final, else curve, else tune (the first with any)."""
+    return next((s for s in ("final", "curve", "tune") if any(r["stage"] == s and r.get("curve") for r in rows)), None)
+
+
 def curves_of(rows: list[dict[str, Any]], order: list[str]) -> dict[str, list[tuple[float, float, float, float]]]:
-    """``{label: [(step, mean, low, high), ...]}``: the final runs' validation curves by method (mean,
-    lowest and highest over seeds), else the tuning runs' by method and rate. Every curve starts at
-    the untuned model's score where it was run; methods in the tables' ``order``."""
-    final = [r for r in rows if r["stage"] == "final"]
+    """``{label: [(step, mean, low, high), ...]}``: the validation curves by method (mean, lowest and
+    highest over seeds) of the final runs, else of the curve stage's runs (the final settings), else
+    the tuning runs' by method and rate. Every curve starts at the untuned model's score where it was
+    run; methods in the tables' ``order``."""
+    stage = curve_stage(rows)
     place = in_order(order)
-    chosen = sorted(final or rows, key=lambda r: place(r["method"]))
+    chosen = sorted((r for r in rows if r["stage"] == stage), key=lambda r: place(r["method"]))
     start = next((r["val_acc"] for r in rows if r["kind"] == "untuned"), None)
     groups: dict[str, list[list[list[float]]]] = {}
     for r in chosen:
         if r.get("curve"):
             n = r["trainable_params"]
             size = f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} K"
-            label = f"{r['method']} ({size})" if final else f"{r['method']} ({size}, lr {r['settings']['lr']:g})"
+            rate = f", lr {r['settings']['lr']:g}" if stage == "tune" else ""  # tuning: one line per rate
+            label = f"{r['method']} ({size}{rate})"
             groups.setdefault(label, []).append(r["curve"])
     out = {}
     for label, curves in groups.items():
@@ -385,7 +399,11 @@ def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], orde
             ax.fill_between(steps, [100 * v for v in low], [100 * v for v in high], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"validation {score_name(task)} (%)")
-    ax.set_title(textwrap.fill(task["title"], 80), fontsize=8)
+    stage = curve_stage(rows)
+    seeds = sorted({r["seed"] for r in rows if r["stage"] == stage and r.get("curve")})
+    runs = {"final": "final runs", "curve": "final settings", "tune": "tuning runs"}[stage or "final"]
+    title = f"{task['title']} ({runs}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
+    ax.set_title(textwrap.fill(title, 80), fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
@@ -438,7 +456,11 @@ def plot(summary: dict[str, Any], results: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=HERE / "quality.yaml")
-    parser.add_argument("--stage", choices=["final", "tune"], default="final")
+    parser.add_argument(
+        "--stage", choices=["final", "tune", "curve"], default="final",
+        help="final: every method x seed, test read once; tune: the validation sweep; curve: the final "
+        "settings' learning curves only (seed 0 unless --seeds)",
+    )  # fmt: skip
     parser.add_argument("--task", nargs="+", help="task keys of the config (default: all)")
     parser.add_argument(
         "--methods", nargs="+", help="method names of the config (default: all); in tuning, their variants too"
@@ -453,6 +475,9 @@ def main() -> None:
     unknown = [t for t in tasks if t not in cfg["tasks"]]
     if unknown:
         parser.error(f"--task {unknown[0]!r} is not in {args.config}; choose from {', '.join(cfg['tasks'])}.")
+    flat = [t for t in tasks if not cfg["tasks"][t].get("curve_every")]
+    if args.stage == "curve" and flat and not args.summarize:
+        parser.error(f"--stage curve: task {flat[0]!r} has no curve_every in {args.config}; give it one first.")
     if not args.summarize:
         import torch
 
@@ -462,10 +487,12 @@ def main() -> None:
         if args.threads:
             torch.set_num_threads(args.threads)
         done = {run_key(r) for r in read_runs(args.results / RUNS)}
-        seeds = args.seeds or (cfg["seeds"] if args.stage == "final" else None)
+        seeds = args.seeds or {"final": cfg["seeds"], "curve": [0]}.get(args.stage)
         for key, method, seed in planned(cfg, args.stage, tasks, args.methods, seeds):
             if planned_key(args.stage, key, method, seed) in done:
                 continue
+            if args.stage == "curve" and method["kind"] == "untuned":
+                continue  # no fit, no curve (the curves start at the final runs' untuned score)
             row = run_one({**cfg["tasks"][key], "key": key}, method, seed, cfg, args.stage, args.results)
             append_run(args.results / RUNS, row)
             acc = "" if row["test_acc"] is None else f" test {row['test_acc']:.4f}"
@@ -477,8 +504,9 @@ def main() -> None:
                 flush=True,
             )
     # Tables hold the runs of the current config; runs of settings since changed stay in the runs file.
-    current = {planned_key("final", *p) for p in planned(cfg, "final", list(cfg["tasks"]), None, cfg["seeds"])}
-    current |= {planned_key("tune", *p) for p in planned(cfg, "tune", list(cfg["tasks"]), None, None)}
+    every = list(cfg["tasks"])
+    current = {planned_key(s, *p) for s in ("final", "curve") for p in planned(cfg, s, every, None, cfg["seeds"])}
+    current |= {planned_key("tune", *p) for p in planned(cfg, "tune", every, None, None)}
     latest = {run_key(r): r for r in read_runs(args.results / RUNS)}  # a run repeated: its last result
     rows = [r for k, r in latest.items() if k in current]
     print(summarize(rows, cfg, args.results))

