@@ -105,7 +105,7 @@ def run_one(
     )
     callbacks: list[Any] = []
     if adapted:
-        options = {k: method[k] for k in ("group_size", "kernel", "width0") if k in method}
+        options = {k: method[k] for k in ("group_size", "kernel", "width0", "center_init") if k in method}
         schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
         scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
         callbacks.append(AdapterCallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))

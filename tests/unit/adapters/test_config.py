@@ -18,6 +18,7 @@ from genlora_pl.adapters import GenLoRAConfig, LoRAConfig, adapter_class, config
         ({"dropout": 1.0}, "dropout=1.0"),
         ({"dropout": -0.1}, "dropout=-0.1"),
         ({"width0": 0.0}, "width0=0.0"),
+        ({"center_init": "grid"}, "center_init='grid'"),
         ({"target_modules": ""}, "target_modules=''"),
         ({"target_modules": [1, 2]}, "target_modules=[1, 2]"),
         ({"modules_to_save": "head"}, "modules_to_save='head'"),

@@ -11,6 +11,7 @@ from genlora_pl import GenLoRAConfig, LoRAConfig, inject_adapters, parameter_rep
 from genlora_pl.adapters import GenLoRALayer, LoRALayer
 from genlora_pl.adapters import genlora as genlora_module
 from genlora_pl.adapters.genlora import KERNELS, generate, rbf
+from genlora_pl.spectra import effective_rank
 
 
 def layer(m=48, n=40, **kw) -> GenLoRALayer:
@@ -74,6 +75,25 @@ def test_initialisation_follows_the_method():
     a, b = lay.factors()
     torch.testing.assert_close(a.norm(dim=1), torch.full((16,), 1 / math.sqrt(3)))
     assert torch.count_nonzero(b) == 0
+
+
+def test_kmeans_centres_start_spread_on_latent_points():
+    # g=1 at a real layer's size: random draws leave near-twin centres (closer than 0.1 kernel widths,
+    # two rows ~99.7 % correlated); k-means placement leaves none and A starts at a higher rank.
+    random, spread = (layer(m=96, n=576, r=32, group_size=1, center_init=c) for c in ("random", "kmeans"))
+    assert torch.equal(random.latent_A, spread.latent_A)  # only the centres differ
+    for lay in (random, spread):
+        d = torch.cdist(lay.centers_A, lay.latent_A, compute_mode="donot_use_mm_for_euclid_dist")
+        assert (d.min(dim=1).values == 0).all()  # on latent points either way
+
+    def twins_and_rank(lay):
+        eps = torch.exp(lay.log_widths_A[0])
+        gaps = torch.cdist(lay.centers_A, lay.centers_A) * eps + torch.eye(32) * 1e9
+        rank = effective_rank(torch.linalg.svdvals(lay.factors()[0].detach()))
+        return (gaps.min(dim=1).values < 0.1).sum().item(), rank
+
+    (twins_r, rank_r), (twins_k, rank_k) = twins_and_rank(random), twins_and_rank(spread)
+    assert twins_r >= 2 and twins_k == 0 and rank_k > rank_r + 2  # measured: 6 twins, 22.3 against 27.5
 
 
 def test_fewer_points_than_rank_jitters_repeated_centres():
