@@ -111,12 +111,20 @@ class AdapterConfig:
         return {"adapter": self.name, **dataclasses.asdict(self)}
 
 
+def defaults(cls: type[AdapterConfig]) -> dict[str, Any]:
+    """The fields of a config class that have a plain default, with that default."""
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+
+
 def config_differences(
     there: AdapterConfig | dict[str, Any], here: AdapterConfig | dict[str, Any], ignore: tuple[str, ...] = ()
 ) -> list[str]:
     """``"<key>=<there> there, <here> here"`` for every setting that differs: the one comparison
     behind every "saved for another model" sentence (checkpoints, callback state, adapter folders)."""
     there = there.to_dict() if isinstance(there, AdapterConfig) else dict(there)
+    if isinstance(here, AdapterConfig) and there.get("adapter") == here.name:
+        # a setting added after the file was written: the file was made with its default
+        there = {**defaults(type(here)), **there}
     here = here.to_dict() if isinstance(here, AdapterConfig) else dict(here)
     keys = [k for k in dict.fromkeys([*there, *here]) if k not in ignore]
     return [f"{k}={there.get(k)!r} there, {here.get(k)!r} here" for k in keys if there.get(k) != here.get(k)]

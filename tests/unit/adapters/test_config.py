@@ -1,6 +1,7 @@
 import pytest
 
 from genlora_pl.adapters import GenLoRAConfig, LoRAConfig, adapter_class, config_from_dict
+from genlora_pl.adapters.config import config_differences
 
 
 @pytest.mark.parametrize(
@@ -50,3 +51,14 @@ def test_round_trip_and_unknown_adapter():
         adapter_class("vera")
     with pytest.raises(ValueError, match="unknown genlora config keys \\['rank'\\]"):
         config_from_dict({"adapter": "genlora", "rank": 3})
+
+
+def test_a_file_written_before_a_setting_existed_compares_as_its_default():
+    # checkpoints of 0.2 have no center_init: they were made with random centres, the default
+    old = {k: v for k, v in GenLoRAConfig(r=4).to_dict().items() if k != "center_init"}
+    assert config_differences(old, GenLoRAConfig(r=4)) == []
+    assert config_differences(old, GenLoRAConfig(r=4, center_init="kmeans")) == [
+        "center_init='random' there, 'kmeans' here"
+    ]
+    # another method's defaults are not filled in: the method itself differs
+    assert config_differences(old, LoRAConfig(r=4))[0] == "adapter='genlora' there, 'lora' here"
