@@ -45,7 +45,8 @@ class GenLoRAConfig(AdapterConfig):
         center_init: where the centres start: ``random`` (r distinct latent points drawn at random)
             or ``kmeans`` (the latent points nearest to the r means of a k-means clustering, so no
             two centres start as near-twins; at g=1 random draws leave about 14 % of them with a
-            twin closer than 0.1 kernel widths).
+            twin closer than 0.1 kernel widths). With fewer latent points than r both draw with
+            replacement and jitter.
     """
 
     name: ClassVar[str] = "genlora"
@@ -71,9 +72,10 @@ class GenLoRAConfig(AdapterConfig):
 
 
 def kmeans_points(points: torch.Tensor, start: torch.Tensor, iterations: int = 10) -> torch.Tensor:
-    """Indices of ``len(start)`` distinct points spread over ``points (p, g)``: Lloyd's k-means from
-    the points ``start``, then each cluster's point nearest its mean (a cluster left empty keeps its
-    start). The centres stay on latent points, as random ones do, without near-twins."""
+    """Indices of ``len(start)`` points spread over ``points (p, g)``: Lloyd's k-means from the points
+    ``start``, then each cluster's point nearest its mean. Clusters are disjoint, so the points are
+    distinct (unless a cluster ends empty: it keeps its start point). The centres stay on latent
+    points, as random ones do, without near-twins."""
     centers = points[start]
     r = len(start)
     for _ in range(iterations):
