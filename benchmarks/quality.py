@@ -75,6 +75,7 @@ def run_one(
     import lightning as L
     import torch
 
+    from genlora_pl.adapters.registry import config_class
     from genlora_pl.callbacks import AdapterCallback
     from genlora_pl.schedules import Schedule, WarmupDecay
     from genlora_pl.spectra import adapter_spectra, parameter_report
@@ -105,7 +106,7 @@ def run_one(
     )
     callbacks: list[Any] = []
     if adapted:
-        options = {k: method[k] for k in ("group_size", "kernel", "width0", "center_init") if k in method}
+        options = {k: method[k] for k in config_class(kind).options() if k in method}  # the method's own settings
         schedules = {k: Schedule(**method[k]) for k in ("gate", "temperature") if k in method}
         scale = {k: method[k] for k in ("alpha", "rslora", "dropout") if k in method}
         callbacks.append(AdapterCallback(method=kind, r=method["r"], seed=seed, options=options, **scale, **schedules))
@@ -348,12 +349,13 @@ def curve_stage(rows: list[dict[str, Any]]) -> str | None:
     return next((s for s in ("final", "curve", "tune") if any(r["stage"] == s and r.get("curve") for r in rows)), None)
 
 
-def curves_of(rows: list[dict[str, Any]], order: list[str]) -> dict[str, list[tuple[float, float, float, float]]]:
+def curves_of(
+    rows: list[dict[str, Any]], order: list[str], stage: str | None
+) -> dict[str, list[tuple[float, float, float, float]]]:
     """``{label: [(step, mean, low, high), ...]}``: the validation curves by method (mean, lowest and
-    highest over seeds) of the final runs, else of the curve stage's runs (the final settings), else
-    the tuning runs' by method and rate. Every curve starts at the untuned model's score where it was
-    run; methods in the tables' ``order``."""
-    stage = curve_stage(rows)
+    highest over seeds) of the runs of ``stage`` (``curve_stage``'s pick), by method and rate for
+    tuning runs. Every curve starts at the untuned model's score where it was run; methods in the
+    tables' ``order``."""
     place = in_order(order)
     chosen = sorted((r for r in rows if r["stage"] == stage), key=lambda r: place(r["method"]))
     start = next((r["val_acc"] for r in rows if r["kind"] == "untuned"), None)
@@ -379,7 +381,8 @@ def curves_of(rows: list[dict[str, Any]], order: list[str]) -> dict[str, list[tu
 def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], order: list[str], results: Path) -> None:
     """``curves_<task>.png``: validation score against steps, one line per method (the band: the
     seeds' range)."""
-    curves = curves_of(rows, order)
+    stage = curve_stage(rows)
+    curves = curves_of(rows, order, stage)
     if not curves:
         return
     import matplotlib
@@ -399,7 +402,6 @@ def plot_curves(key: str, task: dict[str, Any], rows: list[dict[str, Any]], orde
             ax.fill_between(steps, [100 * v for v in low], [100 * v for v in high], color=line.get_color(), alpha=0.15)
     ax.set_xlabel("training step")
     ax.set_ylabel(f"validation {score_name(task)} (%)")
-    stage = curve_stage(rows)
     seeds = sorted({r["seed"] for r in rows if r["stage"] == stage and r.get("curve")})
     runs = {"final": "final runs", "curve": "final settings", "tune": "tuning runs"}[stage or "final"]
     title = f"{task['title']} ({runs}, seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})"
