@@ -3,6 +3,7 @@ has a ``num_classes`` and class names that the CLI passes on to the model, an in
 generated answers."""
 
 from genlora_pl.data.base import ClassificationData, DataModule
+from genlora_pl.data.cipher import CipherData
 from genlora_pl.data.facts import FactsData
 from genlora_pl.data.images import (
     CIFAR10Data,
@@ -20,6 +21,7 @@ __all__ = [
     "BBCNewsData",
     "CIFAR10Data",
     "CIFAR100Data",
+    "CipherData",
     "ClassificationData",
     "DataModule",
     "DigitsData",

@@ -365,3 +365,18 @@ def test_the_facts_task_runs_from_any_causal_config(work):
                   "--trainer.default_root_dir", str(work / "facts_bad"), cwd=work)  # fmt: skip
     assert out.returncode == 2
     assert "val_size=50 and test_size=100 ask for 150 facts but num_facts=24" in out.stderr
+
+
+def test_the_cipher_task_runs_from_any_causal_config(work):
+    """The second capacity task through the CLI, as docs/configuration.md shows it, and its bad input."""
+    cipher = ["--data", "genlora_pl.data.CipherData", "--data.init_args.train_size", "24"]
+    quiet = ["--trainer.logger", "false", "--trainer.default_root_dir"]
+    out = run_cli("fit", "--config", "lm.yaml", *cipher, "--data.init_args.val_size", "4",
+                  "--data.init_args.test_size", "4", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+                  *quiet, str(work / "cipher"), cwd=work)  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "val/exact_match" in out.stdout
+    out = run_cli("fit", "--config", "lm.yaml", *cipher, "--data.init_args.max_letters", "3",
+                  *quiet, str(work / "cipher_bad"), cwd=work)  # fmt: skip
+    assert out.returncode == 2
+    assert "max_letters=3 is below min_letters=4; give max_letters >= min_letters." in out.stderr

@@ -344,3 +344,31 @@ def test_facts_are_random_distinct_and_asked_back_from_training(llama):
         FactsData(num_facts=30, val_size=20, test_size=20, backbone=f"hf:{llama}")
     with pytest.raises(ValueError, match="num_facts=3000 needs more than half"):
         FactsData(num_facts=3000, name_syllables=1, backbone=f"hf:{llama}")
+
+
+def test_cipher_deciphers_unseen_words_under_one_secret_key(llama):
+    from genlora_pl.data import CipherData
+
+    d = CipherData(train_size=40, val_size=6, test_size=8, min_letters=3, max_letters=5, batch_size=4,
+                   backbone=f"hf:{llama}")  # fmt: skip
+    d.setup()
+    assert {k: len(v) for k, v in d.splits.items()} == {"train": 40, "val": 6, "test": 8}
+    assert sorted(d.key) == sorted(d.key.values()) == list("abcdefghijklmnopqrstuvwxyz")  # a permutation ...
+    assert all(plain != cipher for plain, cipher in d.key.items())  # ... that moves every letter
+    rows = {s: [d.splits[s][i] for i in range(len(d.splits[s]))] for s in d.splits}
+    words = {s: {"".join(r["answer"].split()) for r in rows[s]} for s in rows}
+    assert not words["train"] & words["val"] and not words["train"] & words["test"]  # never trained on ...
+    assert not words["val"] & words["test"]  # ... and tuning never reads a test word
+    for row in rows["test"]:
+        plain = "".join(row["answer"].split())
+        assert row["answer"] == " ".join(plain) and 3 <= len(plain) <= 5
+        assert f"Decipher: {' '.join(d.key[c] for c in plain)}" in row["prompt"]
+    answers = [r["answer"] for r in rows["test"]]
+    assert d.score("test", list(range(8)), answers) == [1.0] * 8
+    assert d.score("test", [0], [answers[0][:-1] + ("a" if answers[0][-1] != "a" else "b")]) == [0.0]
+    assert CipherData(train_size=40, val_size=6, test_size=8, backbone=f"hf:{llama}").key == d.key  # the seed fixes it
+    assert CipherData(train_size=40, val_size=6, test_size=8, seed=1, backbone=f"hf:{llama}").key != d.key
+    with pytest.raises(ValueError, match="max_letters=2 is below min_letters=4"):
+        CipherData(max_letters=2, backbone=f"hf:{llama}")
+    with pytest.raises(ValueError, match="2200 distinct words need more than half of the 26 strings"):
+        CipherData(train_size=1900, min_letters=1, max_letters=1, backbone=f"hf:{llama}")
