@@ -376,7 +376,7 @@ def test_the_cipher_task_runs_from_any_causal_config(work):
                   *quiet, str(work / "cipher"), cwd=work)  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     assert "val/exact_match" in out.stdout
-    out = run_cli("fit", "--config", "lm.yaml", *cipher, "--data.init_args.max_letters", "3",
+    out = run_cli("fit", "--config", "lm.yaml", *cipher, "--data.init_args.max_symbols", "3",
                   *quiet, str(work / "cipher_bad"), cwd=work)  # fmt: skip
     assert out.returncode == 2
-    assert "max_letters=3 is below min_letters=4; give max_letters >= min_letters." in out.stderr
+    assert "max_symbols=3 is below min_symbols=4; give max_symbols >= min_symbols." in out.stderr

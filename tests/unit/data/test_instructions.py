@@ -346,29 +346,55 @@ def test_facts_are_random_distinct_and_asked_back_from_training(llama):
         FactsData(num_facts=3000, name_syllables=1, backbone=f"hf:{llama}")
 
 
-def test_cipher_deciphers_unseen_words_under_one_secret_key(llama):
+@pytest.mark.parametrize("alphabet", ["letters", "words"])
+def test_cipher_deciphers_unseen_sequences_under_one_secret_key(llama, alphabet):
     from genlora_pl.data import CipherData
 
-    d = CipherData(train_size=40, val_size=6, test_size=8, min_letters=3, max_letters=5, batch_size=4,
-                   backbone=f"hf:{llama}")  # fmt: skip
+    d = CipherData(alphabet, num_words=12, train_size=40, val_size=6, test_size=8, min_symbols=3, max_symbols=5,
+                   batch_size=4, backbone=f"hf:{llama}")  # fmt: skip
     d.setup()
     assert {k: len(v) for k, v in d.splits.items()} == {"train": 40, "val": 6, "test": 8}
-    assert sorted(d.key) == sorted(d.key.values()) == list("abcdefghijklmnopqrstuvwxyz")  # a permutation ...
-    assert all(plain != cipher for plain, cipher in d.key.items())  # ... that moves every letter
+    assert len(d.key) == len(set(d.key.values())) == (26 if alphabet == "letters" else 12)  # one-to-one ...
+    if alphabet == "letters":
+        assert sorted(d.key) == sorted(d.key.values()) == list("abcdefghijklmnopqrstuvwxyz")
+        assert all(plain != cipher for plain, cipher in d.key.items())  # ... moving every letter
+    else:
+        assert not set(d.key) & set(d.key.values())  # ... between two vocabularies
     rows = {s: [d.splits[s][i] for i in range(len(d.splits[s]))] for s in d.splits}
-    words = {s: {"".join(r["answer"].split()) for r in rows[s]} for s in rows}
-    assert not words["train"] & words["val"] and not words["train"] & words["test"]  # never trained on ...
-    assert not words["val"] & words["test"]  # ... and tuning never reads a test word
-    for row in rows["test"]:
-        plain = "".join(row["answer"].split())
-        assert row["answer"] == " ".join(plain) and 3 <= len(plain) <= 5
-        assert f"Decipher: {' '.join(d.key[c] for c in plain)}" in row["prompt"]
-    answers = [r["answer"] for r in rows["test"]]
-    assert d.score("test", list(range(8)), answers) == [1.0] * 8
-    assert d.score("test", [0], [answers[0][:-1] + ("a" if answers[0][-1] != "a" else "b")]) == [0.0]
-    assert CipherData(train_size=40, val_size=6, test_size=8, backbone=f"hf:{llama}").key == d.key  # the seed fixes it
-    assert CipherData(train_size=40, val_size=6, test_size=8, seed=1, backbone=f"hf:{llama}").key != d.key
-    with pytest.raises(ValueError, match="max_letters=2 is below min_letters=4"):
-        CipherData(max_letters=2, backbone=f"hf:{llama}")
-    with pytest.raises(ValueError, match="2200 distinct words need more than half of the 26 strings"):
-        CipherData(train_size=1900, min_letters=1, max_letters=1, backbone=f"hf:{llama}")
+    answers = {s: {r["answer"] for r in rows[s]} for s in rows}
+    assert not answers["train"] & answers["val"] and not answers["train"] & answers["test"]  # never trained on
+    assert not answers["val"] & answers["test"]  # ... and tuning never reads a test row
+    trained = {symbol for answer in answers["train"] for symbol in answer.split()}
+    for row in rows["val"] + rows["test"]:
+        plain = row["answer"].split()
+        assert 3 <= len(plain) <= 5 and set(plain) <= trained  # every held-out symbol was trained
+        assert f"Decipher: {' '.join(d.key[s] for s in plain)}" in row["prompt"]
+    test = [r["answer"] for r in rows["test"]]
+    assert d.score("test", list(range(8)), test) == [1.0] * 8
+    assert d.score("test", [0], [" ".join(test[0].split()[:-1])]) == [0.0]
+    again = CipherData(alphabet, num_words=12, train_size=40, val_size=6, test_size=8, backbone=f"hf:{llama}")
+    assert again.key == d.key  # the data seed fixes the key
+    assert CipherData(alphabet, num_words=12, train_size=40, val_size=6, test_size=8, seed=1,
+                      backbone=f"hf:{llama}").key != d.key  # fmt: skip
+
+
+def test_cipher_refuses_bad_settings_in_one_sentence(llama):
+    from genlora_pl.data import CipherData
+
+    for kwargs, message in (
+        ({"alphabet": "runes"}, "alphabet='runes' is not valid; choose one of letters, words."),
+        ({"max_symbols": 2}, "max_symbols=2 is below min_symbols=4; give max_symbols >= min_symbols."),
+        ({"num_words": 1}, "num_words=1 is not valid; give an integer of at least 2."),
+        (
+            {"alphabet": "words", "num_words": 3000},
+            "num_words=3000 is not valid; the made-up words allow at most 2450.",
+        ),
+        ({"min_symbols": 1, "max_symbols": 1}, "1900 distinct sequences need more than half of the 26 sequences"),
+        (
+            {"alphabet": "words", "train_size": 1, "min_symbols": 1, "max_symbols": 1, "val_size": 1, "test_size": 1},
+            "train_size=1 uses 1 of the 200 symbols, too few for 2 unseen validation and test sequences",
+        ),
+    ):
+        with pytest.raises(ValueError) as error:
+            CipherData(**kwargs, backbone=f"hf:{llama}")
+        assert message in str(error.value)
