@@ -369,7 +369,14 @@ def test_the_facts_task_runs_from_any_causal_config(work):
 
 def test_the_cipher_task_runs_from_any_causal_config(work):
     """The second capacity task through the CLI, as docs/configuration.md shows it, and its bad input."""
-    cipher = ["--data", "genlora_pl.data.CipherData", "--data.init_args.train_size", "24"]
+    cipher = [
+        "--data",
+        "genlora_pl.data.CipherData",
+        "--data.init_args.alphabet",
+        "words",
+        "--data.init_args.train_size",
+        "24",
+    ]
     quiet = ["--trainer.logger", "false", "--trainer.default_root_dir"]
     out = run_cli("fit", "--config", "lm.yaml", *cipher, "--data.init_args.val_size", "4",
                   "--data.init_args.test_size", "4", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
