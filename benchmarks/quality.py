@@ -40,10 +40,12 @@ def load_config(path: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
-def make_data(spec: dict[str, Any], backbone: str) -> Any:
+def make_data(spec: dict[str, Any], backbone: str, order_seed: int | None = None) -> Any:
+    """The task's data module; ``order_seed`` (a tuning setting) fixes the training order apart from the
+    run's seed, which otherwise sets initialisation and order together."""
     module, _, name = spec["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module), name)
-    return cls(**spec.get("init_args", {}), backbone=backbone)
+    return cls(**spec.get("init_args", {}), backbone=backbone, order_seed=order_seed)
 
 
 def linear_weights(backbone: Any) -> dict[str, Any]:
@@ -82,7 +84,7 @@ def run_one(
     from genlora_pl.tasks import CausalLMModule, ClassificationModule
 
     L.seed_everything(seed, verbose=False)
-    data = make_data(task["data"], task["backbone"])
+    data = make_data(task["data"], task["backbone"], method.get("order_seed"))
     kind = method["kind"]
     adapted = kind in ("lora", "genlora", "dora")
     causal = task.get("task") == "causal_lm"
