@@ -110,7 +110,6 @@ class CipherData(InstructionData):
             )
         kwargs.setdefault("max_length", 64)
         seed = kwargs.get("seed", 0)
-        self.alphabet = alphabet
         self.key = make_key(alphabet, num_words, seed)
         rng = np.random.default_rng(seed + 1)
         train = draw_rows(sorted(self.key), train_size, min_symbols, max_symbols, rng, set())
