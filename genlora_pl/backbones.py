@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import nn
 
+from genlora_pl.checks import is_int
 from genlora_pl.errors import first_line
 from genlora_pl.files import sha256, write_folder
 from genlora_pl.injection import head_names
@@ -389,7 +390,7 @@ def build_backbone(
     so exported models carry them.
     """
     spec = BackboneSpec.parse(backbone)
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+    if not is_int(num_classes, 2):
         raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
     if spec.library == "timm":
         model = build_timm(spec.name, num_classes, pretrained, checkpoint_path, kwargs or {})

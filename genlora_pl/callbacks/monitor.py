@@ -23,6 +23,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
 from genlora_pl.adapters import AdapterLayer
+from genlora_pl.checks import is_int
 from genlora_pl.distributed import gathered_in_turn
 from genlora_pl.files import atomic_write, atomic_write_text
 from genlora_pl.injection import CONFIG_ATTR, adapter_layers
@@ -76,7 +77,7 @@ class AdapterMonitor(L.Callback):
 
     def __init__(self, log_every_n_steps: int = 50, plots: bool = True) -> None:
         super().__init__()
-        if isinstance(log_every_n_steps, bool) or not isinstance(log_every_n_steps, int) or log_every_n_steps < 0:
+        if not is_int(log_every_n_steps, 0):
             raise ValueError(
                 f"log_every_n_steps={log_every_n_steps!r} is not valid; give 0 (off) or a positive step count."
             )

@@ -20,6 +20,8 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler, Subset
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from genlora_pl.checks import is_int, is_number
+
 # torchdata 0.11 calls a torch function deprecated since (a no-op): say nothing about it to users
 warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
 
@@ -37,10 +39,6 @@ def seeded_split(n: int, fractions: Sequence[float], seed: int) -> list[np.ndarr
         parts.append(order[start : start + size])
         start += size
     return parts
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def limit(dataset: Dataset, count: int | None, seed: int) -> Dataset:
@@ -207,11 +205,11 @@ class DataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         for name, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size or 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            if not is_int(value, 1):
                 raise ValueError(f"{name}={value!r} is not valid; give a positive integer.")
-        if not _number(val_fraction) or not 0 < val_fraction < 1:
+        if not is_number(val_fraction) or not 0 < val_fraction < 1:
             raise ValueError(f"val_fraction={val_fraction!r} is not valid; it must lie in (0, 1).")
-        if not _number(test_fraction) or not 0 <= test_fraction < 1:
+        if not is_number(test_fraction) or not 0 <= test_fraction < 1:
             raise ValueError(f"test_fraction={test_fraction!r} is not valid; it must lie in [0, 1).")
         if val_fraction + test_fraction >= 1:
             raise ValueError(

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from genlora_pl.checks import is_int
 from genlora_pl.data.facts import CONSONANTS, VOWELS
 from genlora_pl.data.instructions import InstructionData
 
@@ -91,7 +92,7 @@ class CipherData(InstructionData):
             ("min_symbols", min_symbols, 1),
             ("max_symbols", max_symbols, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_int(value, least):
                 raise ValueError(f"{name}={value!r} is not valid; give an integer of at least {least}.")
         most_words = (len(CONSONANTS) * len(VOWELS)) ** 2 // 2
         if alphabet == "words" and num_words > most_words:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from genlora_pl.checks import is_int
 from genlora_pl.data.instructions import InstructionData
 
 CONSONANTS = "bdfgklmnprstvz"
@@ -70,7 +71,7 @@ class FactsData(InstructionData):
             ("name_syllables", name_syllables, 1),
             ("code_digits", code_digits, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            if not is_int(value, least):
                 raise ValueError(f"{name}={value!r} is not valid; give a positive integer.")
         if val_size + test_size > num_facts:
             raise ValueError(

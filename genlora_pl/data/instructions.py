@@ -51,6 +51,7 @@ import torch
 from torch.utils.data import Dataset, Subset
 
 from genlora_pl.backbones import load_tokenizer, turn_end_id
+from genlora_pl.checks import is_int
 from genlora_pl.data.base import BucketedSampler, DataModule, ResumableSampler
 from genlora_pl.data.tables import FORMATS, diagnose, load_table, looks_local, row_name, saved_splits
 
@@ -453,7 +454,7 @@ class InstructionData(DataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+        if not is_int(max_length, 2):
             raise ValueError(f"max_length={max_length!r} is not valid; give a number of tokens of at least 2.")
         if answer_extractor not in EXTRACTORS:
             raise ValueError(
@@ -461,7 +462,7 @@ class InstructionData(DataModule):
             )
         if assistant_turns not in TURNS:
             raise ValueError(f"assistant_turns={assistant_turns!r} is not valid; choose one of {', '.join(TURNS)}.")
-        if num_proc is not None and (isinstance(num_proc, bool) or not isinstance(num_proc, int) or num_proc < 1):
+        if num_proc is not None and not is_int(num_proc, 1):
             raise ValueError(f"num_proc={num_proc!r} is not valid; give a positive number of processes or null.")
         if not isinstance(prompt_field, str) and not (
             isinstance(prompt_field, list) and prompt_field and all(isinstance(f, str) for f in prompt_field)
@@ -722,7 +723,7 @@ class ReasoningGymData(InstructionData):
         self.task, self.task_kwargs = task, dict(task_kwargs or {})
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
         for split, size in self.sizes.items():
-            if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            if not is_int(size, 1):
                 raise ValueError(f"{split}_size={size!r} is not valid; give a positive number of examples.")
         seed = kwargs.get("seed", 0)
         try:

@@ -27,7 +27,6 @@ hook live here. A task that evaluates differently (the causal LM generates) over
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +40,7 @@ from torchmetrics import MetricCollection
 from genlora_pl.adapters import AdapterLayer, config_differences
 from genlora_pl.backbones import BackboneSpec, save_backbone
 from genlora_pl.checkpoints import adapter_config_of
+from genlora_pl.checks import is_number
 from genlora_pl.compat import FORMAT_VERSION, migrate_checkpoint
 from genlora_pl.distributed import enable_activation_checkpointing, shard_fsdp2
 from genlora_pl.errors import TASK_PATHS, first_line
@@ -99,10 +99,6 @@ def task_class(name: str | None, path: str | None = None) -> type[AdapterTask]:
 
 def _batch_size(targets: Any) -> int | None:
     return len(targets) if isinstance(targets, torch.Tensor) and targets.ndim else None
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def trained_state_keys(module: nn.Module) -> set[str]:
@@ -211,16 +207,16 @@ class AdapterTask(L.LightningModule):
     ) -> None:
         rates = adapter_lr if isinstance(adapter_lr, dict) else {"": adapter_lr}
         for method, rate in rates.items():
-            if rate is not None and not (_number(rate) and rate > 0):
+            if rate is not None and not (is_number(rate) and rate > 0):
                 name = f"adapter_lr.{method}" if method else "adapter_lr"
                 raise ValueError(
                     f"{name}={rate!r} is not valid; give a positive number, a rate per method "
                     "({genlora: 0.02, lora: 0.003}), or null for the optimizer's lr."
                 )
-        if adapter_weight_decay is not None and not (_number(adapter_weight_decay) and adapter_weight_decay >= 0):
+        if adapter_weight_decay is not None and not (is_number(adapter_weight_decay) and adapter_weight_decay >= 0):
             raise ValueError(f"adapter_weight_decay={adapter_weight_decay!r} is not valid; give a number >= 0 or null.")
         for kind, factor in (adapter_lr_multipliers or {}).items():
-            if not (_number(factor) and factor > 0):
+            if not (is_number(factor) and factor > 0):
                 raise ValueError(f"adapter_lr_multipliers.{kind}={factor!r} is not valid; give a positive number.")
         super().__init__()
         # Records this class's and the subclass's arguments (Lightning walks the __init__ frames).

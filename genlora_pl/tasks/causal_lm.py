@@ -42,6 +42,7 @@ from genlora_pl.backbones import (
     meta_filler,
     stop_ids,
 )
+from genlora_pl.checks import is_int
 from genlora_pl.injection import adapter_layers, merge_adapters, unmerge_adapters
 from genlora_pl.quantize import DTYPES, QUANTIZATIONS, frozen_bytes, quantize_nf4, resolve_dtype
 from genlora_pl.tasks.base import AdapterTask
@@ -91,7 +92,7 @@ class CausalLMModule(AdapterTask):
         from transformers import AutoConfig
 
         check_causal(AutoConfig.from_pretrained(hf_path(spec.name)), backbone)
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens <= 0:
+        if not is_int(max_new_tokens, 1):
             raise ValueError(f"max_new_tokens={max_new_tokens!r} is not valid; give a positive number of tokens.")
         super().__init__(backbone, **kwargs)
         self._tokenizer: Any = None

@@ -12,6 +12,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from genlora_pl.backbones import BackboneSpec, build_backbone, check_hf_source
+from genlora_pl.checks import is_int
 from genlora_pl.tasks.base import AdapterTask
 
 
@@ -51,7 +52,7 @@ class ClassificationModule(AdapterTask):
                 "the data module has no classes, so a classifier cannot be built; instruction data goes with "
                 "model.class_path: genlora_pl.tasks.CausalLMModule."
             )
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        if not is_int(num_classes, 2):
             raise ValueError(f"num_classes={num_classes!r} is not valid; a classifier needs at least 2 classes.")
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(

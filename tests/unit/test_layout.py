@@ -10,7 +10,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[2] / "genlora_pl"
 # Layers, bottom first: a module may import its own layer and the layers below, never above.
 LAYERS = [
-    {"errors", "files", "schedules", "plots", "console", "quantize"},
+    {"errors", "checks", "files", "schedules", "plots", "console", "quantize"},
     {"adapters"},
     {"injection", "distributed", "compat"},
     {"state", "spectra", "backbones", "checkpoints"},
