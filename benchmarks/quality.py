@@ -138,6 +138,14 @@ def run_one(
     if kind == "full":
         module.configure_model()
         before = linear_weights(module.backbone)
+        # frozen (a tuning setting): parameter names, by substring, that full fine-tuning leaves at their
+        # pretrained values, to tell where an update must sit from how large it must be (embed_tokens:
+        # the token embeddings, which no adapter touches)
+        frozen = [n for n, p in module.backbone.named_parameters() if any(f in n for f in method.get("frozen", []))]
+        if method.get("frozen") and not frozen:
+            raise ValueError(f"frozen={method['frozen']!r} names no parameter of {task['backbone']}.")
+        for name in frozen:
+            module.backbone.get_parameter(name).requires_grad_(False)
     start = time.perf_counter()
     if kind != "untuned":  # the untuned model: evaluated as it comes
         trainer.fit(module, datamodule=data)
