@@ -62,7 +62,12 @@ def quality_config(tmp_path: Path) -> Path:
                 "task": "topics",
                 "base": {"name": "GenLoRA r=8 g=2", "kind": "genlora", "r": 8, "group_size": 2, "lr": 1e-2},
                 "variants": [{"width0": 0.7}],
-            }
+            },
+            {  # full fine-tuning with the token embeddings left at their pretrained values
+                "task": "topics",
+                "base": {"name": "full, embeddings frozen", "kind": "full", "lr": 1e-3, "frozen": ["word_embeddings"]},
+                "variants": [{}],
+            },
         ],
     }
     path = tmp_path / "quality.yaml"
@@ -84,7 +89,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     rows = [json.loads(line) for line in (results / "quality_runs.jsonl").read_text().splitlines()]
     lm = {r["method"]: r for r in rows if r["task"] == "sums"}
     rows = [r for r in rows if r["task"] == "topics"]
-    assert [r["stage"] for r in rows] == ["tune"] + ["final"] * 4
+    assert [r["stage"] for r in rows] == ["tune"] * 2 + ["final"] * 4
     assert set(lm) == {"untuned", "LoRA r=2", "DoRA r=2", "GenLoRA r=8 g=2"} and lm["untuned"]["trainable_params"] == 0
     assert all(0 <= r["test_acc"] <= 1 for r in lm.values())  # exact match of greedy answers
     assert lm["GenLoRA r=8 g=2"]["trainable_params"] > 0 and "exact match" in stdout
@@ -95,7 +100,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
         assert [step for step, _ in lm[method]["curve"]] == [3, 6]
         assert lm[method]["curve"][-1][1] == pytest.approx(lm[method]["val_acc"])  # the last point: the final model
     assert (results / "curves_sums.png").read_bytes()[:4] == b"\x89PNG"
-    tune, final = rows[0], {r["method"]: r for r in rows[1:]}
+    tune, frozen, final = rows[0], rows[1], {r["method"]: r for r in rows[2:]}
     assert tune["test_acc"] is None and tune["settings"]["width0"] == 0.7  # the test split is never read
     assert final["head only"]["mean_effective_rank"] is None
     assert 1 <= final["LoRA r=2"]["mean_effective_rank"] <= 2
@@ -103,15 +108,17 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     assert final["full fine-tuning"]["mean_effective_rank"] > 2  # W - W0 of every linear layer
     params = [final[m]["trainable_params"] for m in ("head only", "LoRA r=2", "full fine-tuning")]
     assert params == sorted(params) and params[0] < params[1] < params[2]
-    assert all(0 <= r["test_acc"] <= 1 for r in rows[1:])
+    assert all(0 <= r["test_acc"] <= 1 for r in rows[2:])
+    # frozen: only the word embeddings stop training (the BERT encoder and head still do)
+    assert params[0] < frozen["trainable_params"] < params[2] and frozen["mean_effective_rank"] > 2
     assert "| GenLoRA r=8 g=2 |" in stdout and "Tuning sweep" in stdout
     assert not [line for line in stdout.splitlines() if line.startswith("| LoRA r=2 |") and "±" in line]  # one seed
 
     # A second call finds every run done and only writes the summary again.
     run(script, "--config", str(config), "--results", str(results))
-    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 9
+    assert len((results / "quality_runs.jsonl").read_text().splitlines()) == 10
     with open(results / "quality.csv") as f:
-        assert len(list(csv.DictReader(f))) == 9
+        assert len(list(csv.DictReader(f))) == 10
     summary = json.loads((results / "quality_summary.json").read_text())
     assert [m["method"] for m in summary["topics"]["methods"]] == list(final)
     assert summary["topics"]["samples"]["train"] == final["LoRA r=2"]["train_samples"]
@@ -127,7 +134,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     cfg["tasks"]["topics"]["curve_every"] = 4
     config.write_text(yaml.safe_dump(cfg))
     run(*script_args)
-    curves = [json.loads(line) for line in (results / "quality_runs.jsonl").read_text().splitlines()][9:]
+    curves = [json.loads(line) for line in (results / "quality_runs.jsonl").read_text().splitlines()][10:]
     assert [(r["stage"], r["seed"], r["method"]) for r in curves] == [("curve", 0, m) for m in final]
     for r in curves:
         steps = [step for step, _ in r["curve"]]
