@@ -71,9 +71,15 @@ def update_ranks(backbone: Any, before: dict[str, Any]) -> list[float]:
 
 
 def run_one(
-    task: dict[str, Any], method: dict[str, Any], seed: int, cfg: dict[str, Any], stage: str, results: Path
+    task: dict[str, Any],
+    method: dict[str, Any],
+    seed: int,
+    cfg: dict[str, Any],
+    stage: str,
+    results: Path,
+    curves: bool = True,
 ) -> dict[str, Any]:
-    """One fit; returns the row written to the results file."""
+    """One fit; returns the row written to the results file (curves=False: no validation inside fit)."""
     import lightning as L
     import torch
 
@@ -116,7 +122,7 @@ def run_one(
     epochs = task.get("max_epochs", -1 if task.get("max_steps") else 1)  # a step budget: as many epochs as it takes
     # curve_every: validate every so many steps inside fit, for the learning curve; otherwise no
     # validation inside fit (validate() below gives the final score either way)
-    every = task.get("curve_every")
+    every = task.get("curve_every") if curves else None
     curve = curve_recorder(f"val/{metric}")
     trainer = L.Trainer(
         accelerator="cpu",
@@ -152,7 +158,10 @@ def run_one(
     fit_seconds = time.perf_counter() - start
     evaluate = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(results / "lightning"))  # fmt: skip
-    val = evaluate.validate(module, datamodule=data, verbose=False)[0][f"val/{metric}"]
+    if curve.points and curve.points[-1][0] == trainer.global_step:
+        val = curve.points[-1][1]  # fit has just validated the final model (greedy decoding: the same score)
+    else:
+        val = evaluate.validate(module, datamodule=data, verbose=False)[0][f"val/{metric}"]
     test = None
     if stage == "final":  # the tuning and curve stages never read the test split
         test = evaluate.test(module, datamodule=data, verbose=False)[0][f"test/{metric}"]
@@ -185,17 +194,24 @@ def run_one(
         "test_samples": len(data.splits["test"]),
         "torch_threads": torch.get_num_threads(),
         "curve": curve.points,  # [[step, val score], ...] when the task has curve_every
+        # the training loss over the last 20 steps (a task of under one epoch: on batches not yet seen
+        # when the loss was taken), to tell a method that learns nothing from one that learns too little
+        "train_loss_end": statistics.fmean(curve.losses[-20:]) if curve.losses else None,
     }
 
 
 def curve_recorder(metric: str) -> Any:
-    """A callback that records ``[step, score]`` at every validation inside fit: the learning curve.
-    (Defined here so that ``--summarize`` does not import Lightning.)"""
+    """A callback that records ``[step, score]`` at every validation inside fit (the learning curve)
+    and every step's training loss. (Defined here so that ``--summarize`` does not import Lightning.)"""
     import lightning as L
 
     class CurveRecorder(L.Callback):
         def __init__(self) -> None:
             self.points: list[list[float]] = []
+            self.losses: list[float] = []
+
+        def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *args: Any) -> None:
+            self.losses.append(float(outputs["loss"]))
 
         def on_validation_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
             # (on_validation_end: the epoch's metrics are in callback_metrics by then, not before)
@@ -481,6 +497,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of runs, tables and plot")
     parser.add_argument("--summarize", action="store_true", help="only write tables and plot from saved runs")
+    parser.add_argument(
+        "--no-curves", dest="curves", action="store_false",
+        help="no validation inside fit (about a fifth of a causal-LM run): final runs of a task whose tuning "
+        "runs already drew its curves",
+    )  # fmt: skip
     args = parser.parse_args()
     cfg = load_config(args.config)
     tasks = args.task or list(cfg["tasks"])
@@ -505,7 +526,8 @@ def main() -> None:
                 continue
             if args.stage == "curve" and method["kind"] == "untuned":
                 continue  # no fit, no curve (the curves start at the final runs' untuned score)
-            row = run_one({**cfg["tasks"][key], "key": key}, method, seed, cfg, args.stage, args.results)
+            task = {**cfg["tasks"][key], "key": key}
+            row = run_one(task, method, seed, cfg, args.stage, args.results, curves=args.curves)
             append_run(args.results / RUNS, row)
             acc = "" if row["test_acc"] is None else f" test {row['test_acc']:.4f}"
             rank = row["mean_effective_rank"]

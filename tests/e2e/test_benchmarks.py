@@ -99,6 +99,8 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     for method in ("LoRA r=2", "DoRA r=2", "GenLoRA r=8 g=2"):  # validation against steps, inside the fit
         assert [step for step, _ in lm[method]["curve"]] == [3, 6]
         assert lm[method]["curve"][-1][1] == pytest.approx(lm[method]["val_acc"])  # the last point: the final model
+        assert 0 < lm[method]["train_loss_end"] < 50  # the mean training loss of the last steps
+    assert lm["untuned"]["train_loss_end"] is None
     assert (results / "curves_sums.png").read_bytes()[:4] == b"\x89PNG"
     tune, frozen, final = rows[0], rows[1], {r["method"]: r for r in rows[2:]}
     assert tune["test_acc"] is None and tune["settings"]["width0"] == 0.7  # the test split is never read
@@ -143,6 +145,21 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
         assert r["val_acc"] == pytest.approx(final[r["method"]]["val_acc"], abs=1e-6)  # the final run's fit again
     assert (results / "curves_topics.png").read_bytes()[:4] == b"\x89PNG"
     assert json.loads((results / "quality_summary.json").read_text()) == summary
+
+    # --no-curves: a final run with no validation inside fit; its score is the final model's all the same.
+    run(script, "--config", str(config), "--results", str(results), "--task", "sums", "--seeds", "1",
+        "--methods", "LoRA r=2", "--no-curves")  # fmt: skip
+    flat = json.loads((results / "quality_runs.jsonl").read_text().splitlines()[-1])
+    assert (flat["stage"], flat["seed"], flat["method"], flat["curve"]) == ("final", 1, "LoRA r=2", [])
+    assert 0 <= flat["val_acc"] <= 1 and 0 <= flat["test_acc"] <= 1
+
+    # A frozen entry that names no parameter is refused before any fit.
+    nothing = {"name": "full, nothing frozen", "kind": "full", "lr": 1e-3, "frozen": ["no_such"]}
+    cfg["tuning"] = [{"task": "topics", "base": nothing, "variants": [{}]}]
+    config.write_text(yaml.safe_dump(cfg))
+    tune_args = (script, "--config", str(config), "--results", str(results), "--stage", "tune")
+    refused = subprocess.run([sys.executable, *tune_args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert refused.returncode != 0 and "frozen=['no_such'] names no parameter" in refused.stderr
 
 
 def test_speed_prints_every_figure_for_minilm():
