@@ -159,9 +159,11 @@ def run_one(
     evaluate = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False, default_root_dir=str(results / "lightning"))  # fmt: skip
     if curve.points and curve.points[-1][0] == trainer.global_step:
-        val = curve.points[-1][1]  # fit has just validated the final model (greedy decoding: the same score)
+        # fit has just validated the final model (greedy decoding: the same scores)
+        scores = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
     else:
-        val = evaluate.validate(module, datamodule=data, verbose=False)[0][f"val/{metric}"]
+        scores = evaluate.validate(module, datamodule=data, verbose=False)[0]
+    val = scores[f"val/{metric}"]
     test = None
     if stage == "final":  # the tuning and curve stages never read the test split
         test = evaluate.test(module, datamodule=data, verbose=False)[0][f"test/{metric}"]
@@ -197,6 +199,10 @@ def run_one(
         # the training loss over the last 20 steps (a task of under one epoch: on batches not yet seen
         # when the loss was taken), to tell a method that learns nothing from one that learns too little
         "train_loss_end": statistics.fmean(curve.losses[-20:]) if curve.losses else None,
+        "train_losses": [round(x, 4) for x in curve.losses],  # every step's, for the loss against steps
+        # a causal LM's teacher-forced share of right answer tokens on validation: partial learning that
+        # an all-or-nothing exact match hides
+        "val_token_acc": scores.get("val/token_acc"),
     }
 
 

@@ -99,12 +99,13 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     for method in ("LoRA r=2", "DoRA r=2", "GenLoRA r=8 g=2"):  # validation against steps, inside the fit
         assert [step for step, _ in lm[method]["curve"]] == [3, 6]
         assert lm[method]["curve"][-1][1] == pytest.approx(lm[method]["val_acc"])  # the last point: the final model
-        assert 0 < lm[method]["train_loss_end"] < 50  # the mean training loss of the last steps
+        assert 0 < lm[method]["train_loss_end"] < 50 and len(lm[method]["train_losses"]) == 6  # one per step
+        assert 0 <= lm[method]["val_token_acc"] <= 1  # teacher-forced, from fit's last validation
     assert lm["untuned"]["train_loss_end"] is None
     assert (results / "curves_sums.png").read_bytes()[:4] == b"\x89PNG"
     tune, frozen, final = rows[0], rows[1], {r["method"]: r for r in rows[2:]}
     assert tune["test_acc"] is None and tune["settings"]["width0"] == 0.7  # the test split is never read
-    assert final["head only"]["mean_effective_rank"] is None
+    assert final["head only"]["mean_effective_rank"] is None and final["LoRA r=2"]["val_token_acc"] is None
     assert 1 <= final["LoRA r=2"]["mean_effective_rank"] <= 2
     assert 1 <= final["GenLoRA r=8 g=2"]["mean_effective_rank"] <= 8
     assert final["full fine-tuning"]["mean_effective_rank"] > 2  # W - W0 of every linear layer
@@ -151,7 +152,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
         "--methods", "LoRA r=2", "--no-curves")  # fmt: skip
     flat = json.loads((results / "quality_runs.jsonl").read_text().splitlines()[-1])
     assert (flat["stage"], flat["seed"], flat["method"], flat["curve"]) == ("final", 1, "LoRA r=2", [])
-    assert 0 <= flat["val_acc"] <= 1 and 0 <= flat["test_acc"] <= 1
+    assert 0 <= flat["val_acc"] <= 1 and 0 <= flat["test_acc"] <= 1 and 0 <= flat["val_token_acc"] <= 1
 
     # A frozen entry that names no parameter is refused before any fit.
     nothing = {"name": "full, nothing frozen", "kind": "full", "lr": 1e-3, "frozen": ["no_such"]}
