@@ -49,4 +49,7 @@ def test_dense_and_factored_forwards_agree_in_value_and_gradient(method, base, s
     assert (dense_out - layer.base_layer(x)).abs().max() > 1e-3  # the update is not zero
     torch.testing.assert_close(dense_out, factored_out, rtol=1e-5, atol=1e-5)
     for name, grad in dense_grads.items():
-        torch.testing.assert_close(grad, factored_grads[name], rtol=1e-4, atol=1e-5, msg=name)
+        # fp32 sums in two orders: their error scales with the largest gradient (127 for the Conv2d's
+        # lora_B, where 1e-5 absolute failed once in a full run), not with each element's own size
+        atol = 1e-6 * float(grad.abs().max())
+        torch.testing.assert_close(grad, factored_grads[name], rtol=1e-4, atol=atol, msg=name)
