@@ -10,12 +10,14 @@ markdown table and ``quality.png`` (test accuracy against trainable parameters).
     python benchmarks/quality.py --task tweets                  # 15 methods x 3 seeds
     python benchmarks/quality.py --stage tune                   # validation-only tuning sweep
     python benchmarks/quality.py --stage curve --task tweets    # learning curves of the final settings, seed 0
+    python benchmarks/quality.py --task facts --no-curves       # final runs without in-fit validation (a fifth faster)
     python benchmarks/quality.py --summarize
 
 Test accuracy is that of the model after the last epoch (no checkpoint picked on any split). The
 tuning and curve stages never evaluate the test split. A task with ``curve_every`` validates every
 so many steps inside fit and records the learning curve; the curve stage runs the final settings for
-that alone (by default seed 0), for tasks whose final runs were recorded before they had curves.
+that alone (by default seed 0), for tasks whose final runs were recorded before they had curves;
+``--no-curves`` skips the in-fit validations where the tuning runs already drew a task's curves.
 """
 
 from __future__ import annotations

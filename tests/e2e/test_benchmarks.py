@@ -81,6 +81,11 @@ def run(*args: str) -> str:
     return out.stdout
 
 
+def refused(*args: str) -> subprocess.CompletedProcess:
+    """A run expected to stop before any fit: its exit status and stderr for the caller to check."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
 def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     config, results = quality_config(tmp_path), tmp_path / "results"
     script = str(ROOT / "benchmarks" / "quality.py")
@@ -131,8 +136,8 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     # The curve stage: learning curves of the final settings for a task whose finals have none; it
     # needs the task's curve_every, never reads the test split and leaves the tables alone.
     script_args = (script, "--config", str(config), "--results", str(results), "--stage", "curve", "--task", "topics")
-    refused = subprocess.run([sys.executable, *script_args], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert refused.returncode == 2 and "task 'topics' has no curve_every" in refused.stderr
+    out = refused(*script_args)
+    assert out.returncode == 2 and "task 'topics' has no curve_every" in out.stderr
     cfg = yaml.safe_load(config.read_text())
     cfg["tasks"]["topics"]["curve_every"] = 4
     config.write_text(yaml.safe_dump(cfg))
@@ -159,8 +164,8 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     cfg["tuning"] = [{"task": "topics", "base": nothing, "variants": [{}]}]
     config.write_text(yaml.safe_dump(cfg))
     tune_args = (script, "--config", str(config), "--results", str(results), "--stage", "tune")
-    refused = subprocess.run([sys.executable, *tune_args], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert refused.returncode != 0 and "frozen=['no_such'] names no parameter" in refused.stderr
+    out = refused(*tune_args)
+    assert out.returncode != 0 and "frozen=['no_such'] names no parameter" in out.stderr
 
 
 def test_speed_prints_every_figure_for_minilm():
