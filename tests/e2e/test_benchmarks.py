@@ -75,15 +75,15 @@ def quality_config(tmp_path: Path) -> Path:
     return path
 
 
+def launch(*args: str) -> subprocess.CompletedProcess:
+    """A script run from the repository root: its exit status and output for the caller to check."""
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
 def run(*args: str) -> str:
-    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    out = launch(*args)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout
-
-
-def refused(*args: str) -> subprocess.CompletedProcess:
-    """A run expected to stop before any fit: its exit status and stderr for the caller to check."""
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=ROOT, timeout=600)
 
 
 def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
@@ -136,7 +136,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     # The curve stage: learning curves of the final settings for a task whose finals have none; it
     # needs the task's curve_every, never reads the test split and leaves the tables alone.
     script_args = (script, "--config", str(config), "--results", str(results), "--stage", "curve", "--task", "topics")
-    out = refused(*script_args)
+    out = launch(*script_args)
     assert out.returncode == 2 and "task 'topics' has no curve_every" in out.stderr
     cfg = yaml.safe_load(config.read_text())
     cfg["tasks"]["topics"]["curve_every"] = 4
@@ -164,7 +164,7 @@ def test_quality_runs_every_method_resumes_and_summarizes(tmp_path):
     cfg["tuning"] = [{"task": "topics", "base": nothing, "variants": [{}]}]
     config.write_text(yaml.safe_dump(cfg))
     tune_args = (script, "--config", str(config), "--results", str(results), "--stage", "tune")
-    out = refused(*tune_args)
+    out = launch(*tune_args)
     assert out.returncode != 0 and "frozen=['no_such'] names no parameter" in out.stderr
 
 
