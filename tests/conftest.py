@@ -80,6 +80,8 @@ def perturb(model: nn.Module, scale: float = 0.5) -> None:
     for layer in adapter_layers(model).values():
         if isinstance(layer, GenLoRALayer):
             layer.amps_B.normal_(0, scale)
+            if layer.config.reading == "signed":  # B = (b_i . v_k) k(...): zero while its latent is
+                layer.latent_B.normal_(0, scale)
             layer.centers_A.add_(0.1 * torch.randn_like(layer.centers_A))
             layer.log_widths_B.add_(0.1 * torch.randn_like(layer.log_widths_B))
         elif isinstance(layer, LoRALayer):

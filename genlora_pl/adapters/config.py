@@ -63,6 +63,9 @@ class AdapterConfig:
     """
 
     name: ClassVar[str] = ""
+    #: Settings that files written before the setting existed were made with, where that differs from
+    #: today's default (GenLoRA's ``reading``): such a file is read as what it was, not as today's default.
+    file_defaults: ClassVar[dict[str, Any]] = {}
 
     r: int = 8
     alpha: float | None = None
@@ -123,8 +126,8 @@ def config_differences(
     behind every "saved for another model" sentence (checkpoints, callback state, adapter folders)."""
     there = there.to_dict() if isinstance(there, AdapterConfig) else dict(there)
     if isinstance(here, AdapterConfig) and there.get("adapter") == here.name:
-        # a setting added after the file was written: the file was made with its default
-        there = {**defaults(type(here)), **there}
+        # a setting added after the file was written: the file was made with its default then
+        there = {**defaults(type(here)), **type(here).file_defaults, **there}
     here = here.to_dict() if isinstance(here, AdapterConfig) else dict(here)
     keys = [k for k in dict.fromkeys([*there, *here]) if k not in ignore]
     return [f"{k}={there.get(k)!r} there, {here.get(k)!r} here" for k in keys if there.get(k) != here.get(k)]

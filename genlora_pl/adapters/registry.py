@@ -86,9 +86,11 @@ def adapter_class(name: str) -> type[AdapterLayer]:
 
 
 def config_from_dict(data: dict[str, Any]) -> AdapterConfig:
-    """Rebuild a config written by :meth:`AdapterConfig.to_dict`; unknown keys are an error."""
+    """Rebuild a config written by :meth:`AdapterConfig.to_dict`; unknown keys are an error, and a
+    setting the file predates takes the value it was made with (``file_defaults``)."""
     data = dict(data)
     cls = config_class(data.pop("adapter", None))
+    data = {**cls.file_defaults, **data}
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - known)
     if unknown:

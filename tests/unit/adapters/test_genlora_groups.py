@@ -81,9 +81,11 @@ def grouped_and_separate(config: GenLoRAConfig) -> tuple[nn.Module, nn.Module]:
     return grouped, separate
 
 
-@pytest.mark.parametrize("rslora", [False, True])
-def test_a_grouped_model_computes_what_its_layers_compute_alone(rslora):
-    grouped, separate = grouped_and_separate(GenLoRAConfig(r=8, target_modules=TARGETS, rslora=rslora))
+@pytest.mark.parametrize(("rslora", "reading"), [(False, "bumps"), (True, "bumps"), (False, "signed")])
+def test_a_grouped_model_computes_what_its_layers_compute_alone(rslora, reading):
+    grouped, separate = grouped_and_separate(
+        GenLoRAConfig(r=8, target_modules=TARGETS, rslora=rslora, reading=reading, group_size=2)
+    )
     with torch.no_grad():
         for layer in adapter_layers(grouped).values():
             layer.gate.fill_(0.7)
@@ -159,8 +161,10 @@ def test_the_optimizer_sees_eight_tensors_per_shape_group():
     assert len(adapter_layers(model)) == 9
 
 
-def test_files_keep_per_layer_names_and_round_trip():
-    grouped, separate = grouped_and_separate(GenLoRAConfig(r=8, target_modules=TARGETS, modules_to_save=["head"]))
+@pytest.mark.parametrize("reading", ["bumps", "signed"])
+def test_files_keep_per_layer_names_and_round_trip(reading):
+    config = GenLoRAConfig(r=8, target_modules=TARGETS, modules_to_save=["head"], reading=reading)
+    grouped, separate = grouped_and_separate(config)
     state = adapter_state_dict(grouped)
     assert state.keys() == adapter_state_dict(separate).keys()
     assert "blocks.1.mlp.fc2.latent_A" in state and not any("genlora_groups" in k for k in state)
@@ -168,20 +172,21 @@ def test_files_keep_per_layer_names_and_round_trip():
         assert torch.equal(state[key], value), (key, state[key], value)
     torch.manual_seed(0)  # the same base weights as grouped_and_separate's
     fresh = make_vit()
-    inject_adapters(fresh, GenLoRAConfig(r=8, target_modules=TARGETS, modules_to_save=["head"]))
+    inject_adapters(fresh, config)
     load_adapter_state_dict(fresh, state)
     x = torch.randn(2, 3, 32, 32)
     close(output(fresh, x), output(grouped, x), rtol=1e-5)
     # a plain load_state_dict of the whole model goes through the same per-layer names
     torch.manual_seed(0)
     other = make_vit()
-    inject_adapters(other, GenLoRAConfig(r=8, target_modules=TARGETS, modules_to_save=["head"]))
+    inject_adapters(other, config)
     other.load_state_dict(grouped.state_dict())
     close(output(other, x), output(grouped, x), rtol=1e-5)
 
 
-def test_seeded_initial_values_are_unchanged_by_grouping():
-    config = GenLoRAConfig(r=8, target_modules=TARGETS, seed=3)
+@pytest.mark.parametrize("reading", ["bumps", "signed"])
+def test_seeded_initial_values_are_unchanged_by_grouping(reading):
+    config = GenLoRAConfig(r=8, target_modules=TARGETS, seed=3, reading=reading)
     model = make_vit()
     inject_adapters(model, config)
     for path, layer in adapter_layers(model).items():

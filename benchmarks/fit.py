@@ -1,0 +1,237 @@
+"""Matrix-level capacity: how well each adapter method fits a given update of one layer.
+
+The cheap benchmark that decides generator design before any task is run (minutes, not hours). One
+``nn.Linear(n, m)`` with a seeded weight ``W0`` is wrapped by each method through the public API
+(``config_class``, ``adapter_class``), and Adam fits the layer's own update (``delta_matrix()``, so
+DoRA's magnitudes count) to a target ``T``, full batch:
+
+    loss = ||(dW - T) L||_F^2 / ||T L||_F^2            # L = I: Frobenius; L L^T = C: through inputs
+
+``C`` is the second moment of the layer's inputs (what a loss sees of ``dW`` when inputs are far
+from white); on the synthetic targets here it is the identity (white inputs). The score is the relative
+residual ``sqrt(loss)`` of the best rate, beside LoRA's floor at the same rank (the truncated SVD
+of ``T L`` is LoRA's optimum, so what LoRA can reach is known exactly).
+
+Methods are matched by budget: LoRA r = 1, 2, 8, DoRA at the same ranks, and GenLoRA at r=32 in
+each reading with the largest group size whose parameters are <= 1.2x LoRA's at that rank.
+
+Targets: ``rank1`` (a generic rank-1 matrix), ``rank8`` (generic rank 8), ``spectrum`` (singular
+values 1/i over 64 random directions); every target has unit Frobenius norm and comes from
+``--seeds``. Rows go to ``results/fit_runs.jsonl`` (one per method, target, shape, seed and rate),
+a table is printed (markdown) and ``results/fit.png`` plots residual against parameters.
+
+    python benchmarks/fit.py                                  # 576 x 576, seed 0, 500 steps
+    python benchmarks/fit.py --shapes 576x576 576x1536 1536x576 --seeds 0 1 --steps 1000
+    python benchmarks/fit.py --methods "GenLoRA signed" --targets rank1   # one family, one target
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+RATES = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+TARGETS = ("rank1", "rank8", "spectrum")
+BUDGET_RANKS = (1, 2, 8)
+SLACK = 1.2  # GenLoRA may use up to 1.2x LoRA's parameters at the rank it is matched with
+
+
+def make_target(kind: str, m: int, n: int, seed: int) -> torch.Tensor:
+    """A unit-norm ``(m, n)`` target: generic rank 1, generic rank 8, or a 1/i spectrum on 64 random
+    directions."""
+    gen = torch.Generator().manual_seed(1000 + seed)
+    if kind in ("rank1", "rank8"):
+        k = 1 if kind == "rank1" else 8
+        t = torch.randn(m, k, generator=gen) @ torch.randn(k, n, generator=gen)
+    elif kind == "spectrum":
+        u = torch.linalg.qr(torch.randn(m, 64, generator=gen))[0]
+        v = torch.linalg.qr(torch.randn(n, 64, generator=gen))[0]
+        t = u @ torch.diag(1.0 / torch.arange(1, 65).float()) @ v.T
+    else:
+        raise ValueError(f"target={kind!r} is unknown; choose one of {', '.join(TARGETS)}.")
+    return t / t.norm()
+
+
+def svd_floor(target: torch.Tensor, rank: int, root: torch.Tensor | None = None) -> float:
+    """Relative residual of the best rank-``rank`` fit of ``target`` (in the ``root``-weighted norm)."""
+    t = target if root is None else target @ root
+    s = torch.linalg.svdvals(t.double())
+    return float((s[rank:].pow(2).sum() / s.pow(2).sum()).sqrt())
+
+
+def methods(m: int, n: int, families: list[str] | None) -> list[dict[str, Any]]:
+    """Every method at every budget: ``{"name", "adapter", "options", "budget"}``."""
+    from genlora_pl.adapters.genlora import GenLoRAConfig
+
+    out = []
+    for r in BUDGET_RANKS:
+        out.append({"name": f"LoRA r={r}", "adapter": "lora", "options": {"r": r}, "budget": r})
+        out.append({"name": f"DoRA r={r}", "adapter": "dora", "options": {"r": r}, "budget": r})
+        for reading in ("signed", "bumps"):
+            fits = [
+                g for g in range(1, 65)
+                if GenLoRAConfig(r=32, group_size=g, reading=reading).num_parameters(m, n) <= SLACK * r * (m + n)
+            ]  # fmt: skip
+            if fits:
+                g = fits[-1]
+                options = {"r": 32, "group_size": g, "reading": reading}
+                out.append({"name": f"GenLoRA {reading} r=32 g={g}", "adapter": "genlora", "options": options, "budget": r})
+    return [x for x in out if not families or any(x["name"].startswith(f) for f in families)]
+
+
+def fit_one(
+    spec: dict[str, Any], w0: torch.Tensor, target: torch.Tensor, cov: torch.Tensor | None, lr: float, steps: int
+) -> dict[str, Any]:
+    """Adam on one fresh adapter (seed 0) for ``steps`` full-batch steps; the final relative residual."""
+    from genlora_pl.adapters import adapter_class, config_class
+
+    base = nn.Linear(w0.shape[1], w0.shape[0], bias=False)
+    with torch.no_grad():
+        base.weight.copy_(w0)
+    base.weight.requires_grad_(False)
+    layer = adapter_class(spec["adapter"])(base, config_class(spec["adapter"])(**spec["options"]), "layer")
+    params = [p for p in layer.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr)
+
+    def residual() -> torch.Tensor:
+        e = layer.delta_matrix() - target
+        if cov is None:
+            return e.pow(2).sum() / target.pow(2).sum()
+        return (e @ cov * e).sum() / (target @ cov * target).sum()
+
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = residual()
+        if not torch.isfinite(loss):
+            break
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        final = float(residual().sqrt())
+    return {"residual": final if math.isfinite(final) else None, "params": sum(p.numel() for p in params),
+            "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """Best rate's residual per method and target (mean over seeds), beside LoRA's floor."""
+    best: dict[tuple, dict[str, Any]] = {}
+    for row in rows:
+        key = (row["shape"], row["target"], row["method"], row["seed"])
+        if row["residual"] is not None and (key not in best or row["residual"] < best[key]["residual"]):
+            best[key] = row
+    shapes = sorted({k[0] for k in best})
+    targets = [t for t in TARGETS if any(k[1] == t for k in best)]
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    out = []
+    for shape in shapes:
+        out += [f"\n**{shape}** (relative residual at the best of {len(RATES)} rates; floor = LoRA's SVD optimum "
+                "at the budget's rank; mean over seeds)\n",
+                "| method | params | budget | " + " | ".join(targets) + " |",
+                "|---|---|---|" + "---|" * len(targets)]  # fmt: skip
+        for name in names:
+            cells, params, budget = [], None, None
+            for t in targets:
+                found = [v for k, v in best.items() if k[:3] == (shape, t, name)]
+                if found:
+                    params, budget = found[0]["params"], found[0]["budget"]
+                    mean = sum(f["residual"] for f in found) / len(found)
+                    floor = sum(f["floor"] for f in found) / len(found)
+                    cells.append(f"{mean:.3f} (floor {floor:.3f})")
+                else:
+                    cells.append("-")
+            if params is not None:
+                out.append(f"| {name} | {params:,} | LoRA r={budget} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """Residual against trainable parameters, one panel per target (first shape, seed-mean of best)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shape = rows[0]["shape"]
+    targets = [t for t in TARGETS if any(r["target"] == t and r["shape"] == shape for r in rows)]
+    fig, axes = plt.subplots(1, len(targets), figsize=(4.2 * len(targets), 3.6), squeeze=False)
+    for ax, t in zip(axes[0], targets, strict=True):
+        best: dict[tuple, float] = {}
+        params: dict[str, int] = {}
+        for r in rows:
+            if r["shape"] == shape and r["target"] == t and r["residual"] is not None:
+                key = (r["method"], r["seed"])
+                best[key] = min(best.get(key, math.inf), r["residual"])
+                params[r["method"]] = r["params"]
+        for family, style in (("LoRA", "o-"), ("DoRA", "s:"), ("GenLoRA signed", "^-"), ("GenLoRA bumps", "v--")):
+            names = sorted((n for n in params if n.startswith(family)), key=params.get)
+            ys = [sum(v for (n, _), v in best.items() if n == name) / sum(1 for (n, _) in best if n == name) for name in names]
+            if names:
+                ax.plot([params[n] for n in names], ys, style, label=family)
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.05)
+        ax.set_title(f"{t} ({shape})")
+        ax.set_xlabel("trainable parameters")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("relative residual (lower is better)")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", default=["576x576"], help="n x m of the layer (in x out)")
+    parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=TARGETS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--rates", nargs="+", type=float, default=list(RATES))
+    parser.add_argument("--methods", nargs="+", help="method name prefixes (default: all), e.g. 'LoRA r=1' 'GenLoRA signed'")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--results", type=Path, default=HERE / "results")
+    args = parser.parse_args()
+    for shape in args.shapes:
+        parts = shape.split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            parser.error(f"--shapes {shape!r} is not valid; write in x out, e.g. 576x1536.")
+    torch.set_num_threads(args.threads)
+    from genlora_pl.console import quiet
+
+    quiet()
+    args.results.mkdir(parents=True, exist_ok=True)
+    runs = args.results / "fit_runs.jsonl"
+    rows = []
+    for shape in args.shapes:
+        n, m = (int(p) for p in shape.split("x"))
+        w0 = torch.randn(m, n, generator=torch.Generator().manual_seed(7)) / math.sqrt(n)  # a stand-in W0
+        for seed in args.seeds:
+            for kind in args.targets:
+                target = make_target(kind, m, n, seed)
+                for spec in methods(m, n, args.methods):
+                    floor = svd_floor(target, spec["budget"])
+                    for lr in args.rates:
+                        row = {"shape": shape, "seed": seed, "target": kind, "method": spec["name"],
+                               "options": spec["options"], "budget": spec["budget"], "lr": lr,
+                               "steps": args.steps, "floor": floor,
+                               **fit_one(spec, w0, target, None, lr, args.steps)}  # fmt: skip
+                        rows.append(row)
+                        with open(runs, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    got = [r["residual"] for r in rows[-len(args.rates):] if r["residual"] is not None]
+                    print(f"[{shape} seed {seed} {kind}] {spec['name']}: best {min(got, default=math.nan):.3f} "
+                          f"(floor {floor:.3f})", flush=True)  # fmt: skip
+    print(table(rows))
+    plot(rows, args.results / "fit.png")
+
+
+if __name__ == "__main__":
+    main()
