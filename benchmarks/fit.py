@@ -12,8 +12,9 @@ from white); on the synthetic targets here it is the identity (white inputs). Th
 residual ``sqrt(loss)`` of the best rate, beside LoRA's floor at the same rank (the truncated SVD
 of ``T L`` is LoRA's optimum, so what LoRA can reach is known exactly).
 
-Methods are matched by budget: LoRA r = 1, 2, 8, DoRA at the same ranks, and GenLoRA at r=32 in
-each reading with the largest group size whose parameters are <= 1.2x LoRA's at that rank.
+Methods are matched by budget: LoRA r = 1, 2, 8 (``--budgets``), DoRA at the same ranks (its
+magnitudes make it larger: its count is printed), and GenLoRA at r=32 (``--genlora-r``) in each
+reading with the largest group size whose parameters are <= 1.2x LoRA's at that rank.
 
 Targets: ``rank1`` (a generic rank-1 matrix), ``rank8`` (generic rank 8), ``spectrum`` (singular
 values 1/i over 64 random directions); every target has unit Frobenius norm and comes from
@@ -23,6 +24,15 @@ a table is printed (markdown) and ``results/fit.png`` plots residual against par
     python benchmarks/fit.py                                  # 576 x 576, seed 0, 500 steps
     python benchmarks/fit.py --shapes 576x576 576x1536 1536x576 --seeds 0 1 --steps 1000
     python benchmarks/fit.py --methods "GenLoRA signed" --targets rank1   # one family, one target
+
+Real updates (``--updates``): files that ``benchmarks/quality.py`` writes for tuning entries with
+``save_updates`` (a full fine-tuning's ``W - W0`` or a trained LoRA's ``s B A`` per layer, and the
+inputs' second moment at the pretrained model); every layer is fitted in Frobenius norm and through
+its inputs (``--inputs``: the file holding the moments, by default the update file itself), at the
+budgets of ``--budgets`` (LoRA's floor is its SVD optimum, so LoRA itself is not fitted):
+
+    python benchmarks/fit.py --updates benchmarks/results/updates/cipher_words_160_full_fine-tuning_seed0.safetensors \
+        --budgets 2 --methods GenLoRA --rates 3e-3 1e-2 3e-2
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -67,23 +78,27 @@ def svd_floor(target: torch.Tensor, rank: int, root: torch.Tensor | None = None)
     return float((s[rank:].pow(2).sum() / s.pow(2).sum()).sqrt())
 
 
-def methods(m: int, n: int, families: list[str] | None) -> list[dict[str, Any]]:
-    """Every method at every budget: ``{"name", "adapter", "options", "budget"}``."""
+def methods(
+    m: int, n: int, families: list[str] | None, budgets: tuple[int, ...] = BUDGET_RANKS, genlora_r: int = 32
+) -> list[dict[str, Any]]:
+    """Every method at every budget: ``{"name", "adapter", "options", "budget"}``; GenLoRA at rank
+    ``genlora_r`` with the largest group size within the budget's slack."""
     from genlora_pl.adapters.genlora import GenLoRAConfig
 
     out = []
-    for r in BUDGET_RANKS:
+    for r in budgets:
         out.append({"name": f"LoRA r={r}", "adapter": "lora", "options": {"r": r}, "budget": r})
         out.append({"name": f"DoRA r={r}", "adapter": "dora", "options": {"r": r}, "budget": r})
         for reading in ("signed", "bumps"):
             fits = [
                 g for g in range(1, 65)
-                if GenLoRAConfig(r=32, group_size=g, reading=reading).num_parameters(m, n) <= SLACK * r * (m + n)
+                if GenLoRAConfig(r=genlora_r, group_size=g, reading=reading).num_parameters(m, n) <= SLACK * r * (m + n)
             ]  # fmt: skip
             if fits:
                 g = fits[-1]
-                options = {"r": 32, "group_size": g, "reading": reading}
-                out.append({"name": f"GenLoRA {reading} r=32 g={g}", "adapter": "genlora", "options": options, "budget": r})
+                options = {"r": genlora_r, "group_size": g, "reading": reading}
+                name = f"GenLoRA {reading} r={genlora_r} g={g}"
+                out.append({"name": name, "adapter": "genlora", "options": options, "budget": r})
     return [x for x in out if not families or any(x["name"].startswith(f) for f in families)]
 
 
@@ -119,6 +134,57 @@ def fit_one(
         final = float(residual().sqrt())
     return {"residual": final if math.isfinite(final) else None, "params": sum(p.numel() for p in params),
             "seconds": time.perf_counter() - start}  # fmt: skip
+
+
+def input_root(cov: torch.Tensor) -> torch.Tensor:
+    """``L`` with ``L L^T = cov`` (symmetric square root), for the floor through the inputs."""
+    vals, vecs = torch.linalg.eigh(cov.double())
+    return (vecs * vals.clamp_min(0).sqrt()) @ vecs.T
+
+
+def real_cases(files: list[Path], inputs: Path | None) -> list[dict[str, Any]]:
+    """One case per layer of each update file and per norm (``frobenius``, ``inputs``); targets scaled
+    to unit norm in that norm (the relative residual does not change, Adam's step sizes then mean
+    the same on every layer)."""
+    from safetensors.torch import load_file
+
+    moments = load_file(str(inputs)) if inputs else {}
+    cases = []
+    for file in files:
+        tensors = load_file(str(file))
+        source = moments or tensors
+        for key in [k for k in tensors if k.endswith(".delta")]:
+            name = key[: -len(".delta")]
+            delta, w0 = tensors[key].double(), tensors[f"{name}.w0"]
+            cov = source.get(f"{name}.inputs")
+            label = f"{file.stem}:{name}"
+            cases.append({"label": label, "norm": "frobenius", "target": (delta / delta.norm()).float(), "w0": w0,
+                          "cov": None, "root": None})  # fmt: skip
+            if cov is not None:
+                cov = cov.double()
+                scale = (delta @ cov * delta).sum().sqrt()
+                cases.append({"label": label, "norm": "inputs", "target": (delta / scale).float(), "w0": w0,
+                              "cov": cov.float(), "root": input_root(cov).float()})  # fmt: skip
+    return cases
+
+
+def real_table(rows: list[dict[str, Any]]) -> str:
+    """Per layer and norm: LoRA's floor at each budget and each GenLoRA method's best residual."""
+    best: dict[tuple, float] = {}
+    for r in rows:
+        if r["residual"] is not None:
+            key = (r["shape"], r["norm"], r["method"])
+            best[key] = min(best.get(key, math.inf), r["residual"])
+    names = list(dict.fromkeys(r["method"] for r in rows))
+    budgets = sorted({r["budget"] for r in rows})
+    floors = {(r["shape"], r["norm"], r["budget"]): r["floor"] for r in rows}
+    out = ["| layer | norm | " + " | ".join(f"LoRA r={b} floor" for b in budgets) + " | " + " | ".join(names) + " |",
+           "|---|---|" + "---|" * (len(budgets) + len(names))]  # fmt: skip
+    for shape, norm in dict.fromkeys((r["shape"], r["norm"]) for r in rows):
+        cells = [f"{floors[(shape, norm, b)]:.3f}" for b in budgets]
+        cells += [f"{best[(shape, norm, n)]:.3f}" if (shape, norm, n) in best else "-" for n in names]
+        out.append(f"| {shape.split(':', 1)[1]} | {norm} | " + " | ".join(cells) + " |")
+    return "\n".join(out)
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -173,7 +239,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
                 params[r["method"]] = r["params"]
         for family, style in (("LoRA", "o-"), ("DoRA", "s:"), ("GenLoRA signed", "^-"), ("GenLoRA bumps", "v--")):
             names = sorted((n for n in params if n.startswith(family)), key=params.get)
-            ys = [sum(v for (n, _), v in best.items() if n == name) / sum(1 for (n, _) in best if n == name) for name in names]
+            ys = [statistics.fmean(v for (n, _), v in best.items() if n == name) for name in names]
             if names:
                 ax.plot([params[n] for n in names], ys, style, label=family)
         ax.set_xscale("log")
@@ -195,7 +261,13 @@ def main() -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--rates", nargs="+", type=float, default=list(RATES))
-    parser.add_argument("--methods", nargs="+", help="method name prefixes (default: all), e.g. 'LoRA r=1' 'GenLoRA signed'")
+    parser.add_argument(
+        "--methods", nargs="+", help="method name prefixes (default: all): 'LoRA r=1', 'GenLoRA signed'"
+    )
+    parser.add_argument("--updates", nargs="+", type=Path, help="real update files (quality.py save_updates)")
+    parser.add_argument("--inputs", type=Path, help="the file with the inputs' moments (default: each update file)")
+    parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGET_RANKS), help="LoRA ranks to match")
+    parser.add_argument("--genlora-r", type=int, default=32, help="GenLoRA's rank (its group size follows the budget)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -210,23 +282,48 @@ def main() -> None:
     args.results.mkdir(parents=True, exist_ok=True)
     runs = args.results / "fit_runs.jsonl"
     rows = []
+    if args.updates:
+        missing = [str(f) for f in [*args.updates, *([args.inputs] if args.inputs else [])] if not f.is_file()]
+        if missing:
+            parser.error(f"--updates/--inputs file {missing[0]!r} does not exist; make it with a save_updates "
+                         "tuning entry of benchmarks/quality.yaml.")  # fmt: skip
+        for case in real_cases(args.updates, args.inputs):
+            target, w0 = case["target"], case["w0"]
+            m, n = target.shape
+            for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r):
+                if spec["adapter"] != "genlora":
+                    continue  # LoRA's optimum is its floor; DoRA's is not the point here
+                floor = svd_floor(target, spec["budget"], case["root"])
+                for lr in args.rates:
+                    row = {"shape": case["label"], "norm": case["norm"], "seed": 0, "target": "real",
+                           "method": spec["name"], "options": spec["options"], "budget": spec["budget"], "lr": lr,
+                           "steps": args.steps, "floor": floor,
+                           **fit_one(spec, w0, target, case["cov"], lr, args.steps)}  # fmt: skip
+                    rows.append(row)
+                    with open(runs, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+                got = [r["residual"] for r in rows[-len(args.rates) :] if r["residual"] is not None]
+                print(f"[{case['label']} {case['norm']}] {spec['name']}: best {min(got, default=math.nan):.3f} "
+                      f"(LoRA r={spec['budget']} floor {floor:.3f})", flush=True)  # fmt: skip
+        print(real_table(rows))
+        return
     for shape in args.shapes:
         n, m = (int(p) for p in shape.split("x"))
         w0 = torch.randn(m, n, generator=torch.Generator().manual_seed(7)) / math.sqrt(n)  # a stand-in W0
         for seed in args.seeds:
             for kind in args.targets:
                 target = make_target(kind, m, n, seed)
-                for spec in methods(m, n, args.methods):
+                for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r):
                     floor = svd_floor(target, spec["budget"])
                     for lr in args.rates:
-                        row = {"shape": shape, "seed": seed, "target": kind, "method": spec["name"],
-                               "options": spec["options"], "budget": spec["budget"], "lr": lr,
+                        row = {"shape": shape, "norm": "frobenius", "seed": seed, "target": kind,
+                               "method": spec["name"], "options": spec["options"], "budget": spec["budget"], "lr": lr,
                                "steps": args.steps, "floor": floor,
                                **fit_one(spec, w0, target, None, lr, args.steps)}  # fmt: skip
                         rows.append(row)
                         with open(runs, "a") as f:
                             f.write(json.dumps(row) + "\n")
-                    got = [r["residual"] for r in rows[-len(args.rates):] if r["residual"] is not None]
+                    got = [r["residual"] for r in rows[-len(args.rates) :] if r["residual"] is not None]
                     print(f"[{shape} seed {seed} {kind}] {spec['name']}: best {min(got, default=math.nan):.3f} "
                           f"(floor {floor:.3f})", flush=True)  # fmt: skip
     print(table(rows))

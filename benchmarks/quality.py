@@ -59,6 +59,61 @@ def linear_weights(backbone: Any) -> dict[str, Any]:
     return {n: backbone.get_submodule(n).weight.detach().clone() for n in names}
 
 
+def input_moments(module: Any, data: Any, names: list[str], batches: int = 8) -> dict[str, Any]:
+    """``E[x x^T]`` of the inputs of each layer in ``names`` over ``batches`` training batches of the model
+    as it is now (before fit: the pretrained model): what a loss sees of an update ``dW`` is
+    ``tr(dW C dW^T)``, so ``benchmarks/fit.py`` fits real updates through it."""
+    import torch
+
+    sums: dict[str, Any] = {}
+    counts: dict[str, int] = dict.fromkeys(names, 0)
+
+    def hook(name: str):
+        def record(layer: Any, args: tuple, output: Any) -> None:
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.T @ x
+            counts[name] += x.shape[0]
+
+        return record
+
+    handles = [module.backbone.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    data.setup("fit")
+    modes = {m: m.training for m in module.modules()}  # fit starts from the modes it would have had
+    module.eval()  # no dropout in the moments
+    with torch.no_grad():
+        for i, batch in enumerate(data.train_dataloader()):
+            if i == batches:
+                break
+            module.model_step(batch)
+    for m, training in modes.items():
+        m.train(training)
+    for h in handles:
+        h.remove()
+    return {n: (sums[n] / counts[n]).float() for n in names}
+
+
+def save_updates(path: Path, backbone: Any, names: list[str], before: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """The fit's update ``W - W0`` (full fine-tuning) or ``s B A`` (an adapter) of each layer in ``names``,
+    ``W0``, and (full fine-tuning) the inputs' second moment, as one safetensors file for fit.py."""
+    from safetensors.torch import save_file
+
+    from genlora_pl.adapters import AdapterLayer
+
+    out = {}
+    for name in names:
+        layer = backbone.get_submodule(name)
+        if isinstance(layer, AdapterLayer):
+            out[f"{name}.delta"] = layer.delta_matrix().detach().float().contiguous()
+            out[f"{name}.w0"] = layer.base_layer.weight.detach().float().contiguous()
+        else:
+            out[f"{name}.delta"] = (layer.weight.detach() - before[name]).float().contiguous()
+            out[f"{name}.w0"] = before[name].float().contiguous()
+        if name in inputs:
+            out[f"{name}.inputs"] = inputs[name].contiguous()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(out, str(path))
+
+
 def update_ranks(backbone: Any, before: dict[str, Any]) -> list[float]:
     """Entropy effective rank of ``W - W0`` of each layer in ``before`` (full fine-tuning)."""
     import torch
@@ -143,6 +198,7 @@ def run_one(
         default_root_dir=str(results / "lightning"),
     )
     before: dict[str, Any] = {}
+    inputs: dict[str, Any] = {}
     if kind == "full":
         module.configure_model()
         before = linear_weights(module.backbone)
@@ -154,6 +210,8 @@ def run_one(
             raise ValueError(f"frozen={method['frozen']!r} names no parameter of {task['backbone']}.")
         for name in frozen:
             module.backbone.get_parameter(name).requires_grad_(False)
+        if method.get("save_updates"):  # the inputs' second moments, at the pretrained model
+            inputs = input_moments(module, data, method["save_updates"])
     start = time.perf_counter()
     if kind != "untuned":  # the untuned model: evaluated as it comes
         trainer.fit(module, datamodule=data)
@@ -178,6 +236,9 @@ def run_one(
         ranks = update_ranks(backbone, before)
     else:
         ranks = []
+    if method.get("save_updates"):  # real updates for benchmarks/fit.py (a tuning setting: layer names)
+        file = f"{task['key']}_{method['name']}_seed{seed}".replace(" ", "_").replace("=", "")
+        save_updates(results / "updates" / f"{file}.safetensors", backbone, method["save_updates"], before, inputs)
     adapter_params = parameter_report(backbone).adapter_params if adapted else 0
     trainable = 0 if kind == "untuned" else sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     return {

@@ -227,11 +227,12 @@ def op_counts(args: argparse.Namespace) -> list[str]:
 
     inputs, labels = batch("vit", 1, args.tokens, args.device)
     rows = []
-    for method in ("frozen backbone, head trained", "LoRA", "GenLoRA", "PEFT LoRA"):
+    readings = {"GenLoRA": {}, "GenLoRA signed": {"reading": "signed"}}  # the default reading, and signed
+    for method in ("frozen backbone, head trained", "LoRA", *readings, "PEFT LoRA"):
         model = backbone("vit")
-        if method == "LoRA" or method == "GenLoRA":
-            cls = GenLoRAConfig if method == "GenLoRA" else LoRAConfig
-            inject_adapters(model, cls(r=args.rank, target_modules=OPS_TARGETS, modules_to_save=["head"]))
+        if method == "LoRA" or method in readings:
+            cls, extra = (GenLoRAConfig, readings[method]) if method in readings else (LoRAConfig, {})
+            inject_adapters(model, cls(r=args.rank, target_modules=OPS_TARGETS, modules_to_save=["head"], **extra))
         elif method == "PEFT LoRA":
             from peft import LoraConfig, get_peft_model
 

@@ -197,3 +197,52 @@ def test_scale_measures_a_first_run_and_a_cached_rerun(tmp_path):
     for run_figures in figures.values():
         assert 0.5 < run_figures["peak_gb"] < 20 and 0 < run_figures["to_first_step_s"] < run_figures["wall_s"]
         assert 500 < run_figures["frozen_base_mib"] < 530  # SmolLM2-135M in fp32
+
+
+def test_fit_scores_methods_on_matrices_and_refuses_a_bad_shape(tmp_path):
+    script = str(ROOT / "benchmarks" / "fit.py")
+    out = launch(script, "--shapes", "64by64", "--results", str(tmp_path))
+    assert out.returncode == 2 and "--shapes '64by64' is not valid; write in x out" in out.stderr
+    stdout = run(script, "--shapes", "64x64", "--targets", "rank1", "--budgets", "8", "--steps", "300",
+                 "--rates", "1e-2", "3e-2", "--results", str(tmp_path))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "fit_runs.jsonl").read_text().splitlines()]
+    best = {}
+    for r in rows:
+        best[r["method"]] = min(best.get(r["method"], 9.0), r["residual"])
+    # at LoRA r=8's budget on 64 x 64: signed g=4 (1,088 params), bumps g=5 (1,088), LoRA and DoRA r=8
+    assert set(best) == {"LoRA r=8", "DoRA r=8", "GenLoRA signed r=32 g=4", "GenLoRA bumps r=32 g=5"}
+    assert all(r["floor"] < 1e-3 for r in rows)  # a rank-1 target: every rank-8 budget can hold it
+    assert best["LoRA r=8"] < 0.05 and best["GenLoRA signed r=32 g=4"] < 0.1
+    assert best["GenLoRA bumps r=32 g=5"] > best["GenLoRA signed r=32 g=4"]  # the reason for the signed reading
+    assert "| GenLoRA signed r=32 g=4 | 1,088 | LoRA r=8 |" in stdout
+    assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_quality_saves_real_updates_that_fit_reads(tmp_path):
+    config, results = quality_config(tmp_path), tmp_path / "results"
+    layers = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"]
+    cfg = yaml.safe_load(config.read_text())
+    full = {"name": "full", "kind": "full", "lr": 1e-3, "save_updates": layers}
+    lora = {"name": "LoRA r=2", "kind": "lora", "r": 2, "lr": 3e-3, "save_updates": layers}
+    cfg["tuning"] = [{"task": "topics", "base": full, "variants": [{}, lora]}]
+    config.write_text(yaml.safe_dump(cfg))
+    run(str(ROOT / "benchmarks" / "quality.py"), "--config", str(config), "--results", str(results), "--stage", "tune")
+    from safetensors.torch import load_file
+
+    full = load_file(str(results / "updates" / "topics_full_seed0.safetensors"))
+    lora = load_file(str(results / "updates" / "topics_LoRA_r2_seed0.safetensors"))
+    for name in layers:
+        delta, w0, inputs = full[f"{name}.delta"], full[f"{name}.w0"], full[f"{name}.inputs"]
+        assert delta.shape == w0.shape and delta.abs().max() > 0  # full fine-tuning moved the layer
+        assert inputs.shape == (w0.shape[1],) * 2 and (inputs - inputs.T).abs().max() < 1e-5 * inputs.abs().max()
+        assert f"{name}.inputs" not in lora  # an adapter's file: its update s B A, of rank <= 2
+        assert 0 < int((lora[f"{name}.delta"].double().svd()[1] > 1e-9).sum()) <= 2
+    updates = str(results / "updates" / "topics_full_seed0.safetensors")
+    stdout = run(str(ROOT / "benchmarks" / "fit.py"), "--updates", updates,
+                 "--budgets", "8", "--methods", "GenLoRA signed", "--genlora-r", "8", "--steps", "30",
+                 "--rates", "1e-2", "--results", str(tmp_path / "fit"))  # fmt: skip
+    table = [line for line in stdout.splitlines() if line.startswith("| bert.")]
+    assert len(table) == 4  # two layers, Frobenius and through the inputs
+    rows = [json.loads(line) for line in (tmp_path / "fit" / "fit_runs.jsonl").read_text().splitlines()]
+    assert {r["norm"] for r in rows} == {"frobenius", "inputs"} and all(0 < r["residual"] < 2 for r in rows)
+    assert all(0 <= r["floor"] < 1 for r in rows)

@@ -166,3 +166,12 @@ def test_signed_fits_a_generic_direction_that_bumps_cannot():
     # the reason for the reading (benchmarks/fit.py at 576 x 576: 0.015 against 0.89); here 64 x 48
     signed, bumps = fit_rank1("signed"), fit_rank1("bumps")
     assert signed < 0.1 and bumps > 0.5, (signed, bumps)
+
+
+def test_diagnostics_leave_out_what_the_reading_makes_meaningless():
+    # flat kernels are near-twins by design (no collapse alarm), and B's latent starts at zero (no
+    # relative drift): NaN, which the monitor neither logs nor alarms on; the rest is measured
+    lay = layer(r=8, group_size=2)
+    d = lay.diagnostics()
+    assert math.isnan(d["A"]["center_twins"]) and math.isnan(d["B"]["latent_drift"])
+    assert d["A"]["latent_drift"] == 0 and d["A"]["center_drift_max"] == 0 and d["A"]["width_min"] > 0
