@@ -199,6 +199,12 @@ def run_one(
     )
     before: dict[str, Any] = {}
     inputs: dict[str, Any] = {}
+    if kind == "peft":  # a peer from PEFT itself (VeRA, FourierFT): its own injection, its defaults
+        import peft
+
+        module.configure_model()
+        settings = dict(method["peft"])
+        peft.get_peft_model(module.backbone, getattr(peft, settings.pop("type"))(**settings))  # in place
     if kind == "full":
         module.configure_model()
         before = linear_weights(module.backbone)
@@ -240,6 +246,8 @@ def run_one(
         file = f"{task['key']}_{method['name']}_seed{seed}".replace(" ", "_").replace("=", "")
         save_updates(results / "updates" / f"{file}.safetensors", backbone, method["save_updates"], before, inputs)
     adapter_params = parameter_report(backbone).adapter_params if adapted else 0
+    if kind == "peft":
+        adapter_params = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     trainable = 0 if kind == "untuned" else sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     return {
         "stage": stage,

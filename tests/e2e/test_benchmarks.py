@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import ROOT, write_sums, write_text_csv, write_tiny_bert, write_tiny_llama
 
@@ -246,3 +247,30 @@ def test_quality_saves_real_updates_that_fit_reads(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "fit" / "fit_runs.jsonl").read_text().splitlines()]
     assert {r["norm"] for r in rows} == {"frobenius", "inputs"} and all(0 < r["residual"] < 2 for r in rows)
     assert all(0 <= r["floor"] < 1 for r in rows)
+
+
+def test_quality_runs_peers_from_peft(tmp_path):
+    config, results = quality_config(tmp_path), tmp_path / "results"
+    cfg = yaml.safe_load(config.read_text())
+    vera = {
+        "name": "VeRA r=16",
+        "kind": "peft",
+        "lr": 1e-2,
+        "peft": {"type": "VeraConfig", "r": 16, "target_modules": "all-linear"},
+    }
+    fourier = {"name": "FourierFT", "kind": "peft", "lr": 1e-2,
+               "peft": {"type": "FourierFTConfig", "n_frequency": 20, "target_modules": "all-linear"}}  # fmt: skip
+    cfg["tuning"] = [{"task": "sums", "base": vera, "variants": [{}, fourier]}]
+    config.write_text(yaml.safe_dump(cfg))
+    run(str(ROOT / "benchmarks" / "quality.py"), "--config", str(config), "--results", str(results), "--stage", "tune")
+    rows = {r["method"]: r for r in map(json.loads, (results / "quality_runs.jsonl").read_text().splitlines())}
+    llama = write_tiny_llama(tmp_path / "llama")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(llama)
+    linear = [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
+    # VeRA: one scaling per rank and one per output row of every adapted layer; FourierFT: n_frequency each
+    assert rows["VeRA r=16"]["trainable_params"] == sum(16 + m.out_features for m in linear)
+    assert rows["FourierFT"]["trainable_params"] == 20 * len(linear) == rows["FourierFT"]["adapter_params"]
+    for r in rows.values():
+        assert 0 <= r["val_acc"] <= 1 and r["test_acc"] is None and len(r["train_losses"]) == 6
