@@ -175,3 +175,18 @@ def test_diagnostics_leave_out_what_the_reading_makes_meaningless():
     d = lay.diagnostics()
     assert math.isnan(d["A"]["center_twins"]) and math.isnan(d["B"]["latent_drift"])
     assert d["A"]["latent_drift"] == 0 and d["A"]["center_drift_max"] == 0 and d["A"]["width_min"] > 0
+
+
+def test_with_flat_kernels_it_is_lora_of_rank_g():
+    # amplitudes start with orthonormal columns on both sides, so where every kernel is 1 (a huge
+    # temperature flattens them) the update is s * latent_B latent_A^T: LoRA of rank g, LoRA's scale
+    lay = layer(m=48, n=40, r=16, group_size=3)
+    amps = lay.amps_A.detach()
+    torch.testing.assert_close(amps.T @ amps, torch.eye(3), atol=1e-6, rtol=0)
+    assert torch.equal(lay.amps_A, lay.amps_B)
+    with torch.no_grad():
+        lay.latent_B.normal_()
+        lay.temperature.fill_(1e6)
+    lora = lay.scaling * lay.latent_B.detach() @ lay.latent_A.detach().T
+    torch.testing.assert_close(lay.delta_matrix().detach(), lora, rtol=1e-4, atol=1e-6)
+    assert torch.linalg.matrix_rank(lay.delta_matrix().detach().double(), rtol=1e-4) == 3
