@@ -243,6 +243,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             if names:
                 ax.plot([params[n] for n in names], ys, style, label=family)
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # minor labels overlap
         ax.set_ylim(-0.02, 1.05)
         ax.set_title(f"{t} ({shape})")
         ax.set_xlabel("trainable parameters")

@@ -69,6 +69,9 @@ class GenLoRAConfig(AdapterConfig):
             ``signed``: each coordinate keeps a fixed seeded position ``p_j`` beside its trained
             latent ``u_j``, and ``A[i, j] = (a_i . u_j) k(eps_i ||p_j - c_i||)``: signed entries, LoRA
             of rank ``g`` where the kernels are flat, rank up to ``r`` where they are not.
+        kernel_norm: (signed only) divide each kernel row by its root mean square over the
+            coordinates, so a narrow kernel's basis vector carries as much of the update as a flat one
+            (without it, the flat kernels' LoRA part dominates: effective rank about 1.5 at g=1).
     """
 
     name: ClassVar[str] = "genlora"
@@ -80,6 +83,7 @@ class GenLoRAConfig(AdapterConfig):
     width0: float = 0.35
     center_init: str = "random"
     reading: str = "bumps"
+    kernel_norm: bool = False
 
     def num_parameters(self, m: int, n: int) -> int:
         """Trainable numbers of one adapted ``(m, n)`` layer: ``(m + n) g + 2 r (2g + 1)`` (``signed``:
@@ -102,6 +106,12 @@ class GenLoRAConfig(AdapterConfig):
             raise ValueError(f"center_init={self.center_init!r} is not valid; choose one of {', '.join(CENTER_INITS)}.")
         if self.reading not in READINGS:
             raise ValueError(f"reading={self.reading!r} is not valid; choose one of {', '.join(READINGS)}.")
+        if not isinstance(self.kernel_norm, bool):
+            raise ValueError(f"kernel_norm={self.kernel_norm!r} is not valid; give true or false.")
+        if self.kernel_norm and self.reading != "signed":
+            raise ValueError(
+                "kernel_norm=True is not valid with reading='bumps'; it scales the signed reading's kernels."
+            )
 
 
 def kmeans_points(points: torch.Tensor, start: torch.Tensor, iterations: int = 10) -> torch.Tensor:
@@ -177,11 +187,15 @@ def generate_signed(
     amps: torch.Tensor,
     temperature: torch.Tensor | float,
     kernel: str,
+    kernel_norm: bool = False,
 ) -> torch.Tensor:
     """The ``signed`` reading's ``(r, p)`` matrix: ``(amps_i . latent_j) * k(eps_i ||positions_j - c_i||)``
     from ``positions`` and ``latent`` ``(p, g)``, ``centers`` and ``amps`` ``(r, g)``, in fp32 (the
-    reference that :func:`generate_signed_batched` must equal)."""
+    reference that :func:`generate_signed_batched` must equal); with ``kernel_norm`` each kernel row
+    is divided by its root mean square over the ``p`` positions."""
     k = generate(positions, centers, log_widths, torch.ones_like(log_widths, dtype=torch.float32), temperature, kernel)
+    if kernel_norm:
+        k = k / k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(_NORM_FLOOR)
     return (amps.float() @ latent.float().T) * k
 
 
@@ -249,22 +263,29 @@ def generate_signed_batched(
     amps: torch.Tensor,
     temperature: torch.Tensor,
     kernel: str,
+    kernel_norm: bool = False,
 ) -> torch.Tensor:
     """:func:`generate_signed` for ``L`` matrices at once: ``(L, r, p)`` from ``positions`` and
     ``latent`` ``(L, p, g)``, ``centers`` and ``amps`` ``(L, r, g)``, ``log_widths (L, r)``."""
     ones = torch.ones(log_widths.shape, device=log_widths.device)  # the kernels alone: unit amplitudes
     k = _BatchedRBF.apply(positions.float(), centers.float(), log_widths.float(), ones, temperature.float(), kernel)
+    if kernel_norm:
+        k = k / k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(_NORM_FLOOR)
     return torch.bmm(amps.float(), latent.float().transpose(1, 2)) * k
 
 
-def generate_factor(reading: str, t: dict[str, torch.Tensor], side: str, temperature: torch.Tensor, kernel: str):
+_NORM_FLOOR = 1e-12  # a kernel that reaches no position stays zero instead of dividing by zero
+
+
+def generate_factor(config: GenLoRAConfig, t: dict[str, torch.Tensor], side: str, temperature: torch.Tensor):
     """One side's ``(L, r, p)`` factors from stacked tensors ``t`` (``latent_A``, ``positions_A``, ...):
     ``A`` for side ``"A"``, ``B`` transposed for ``"B"``."""
-    if reading == "signed":
+    if config.reading == "signed":
         return generate_signed_batched(t[f"positions_{side}"], t[f"latent_{side}"], t[f"centers_{side}"],
-                                       t[f"log_widths_{side}"], t[f"amps_{side}"], temperature, kernel)  # fmt: skip
+                                       t[f"log_widths_{side}"], t[f"amps_{side}"], temperature, config.kernel,
+                                       config.kernel_norm)  # fmt: skip
     return generate_batched(t[f"latent_{side}"], t[f"centers_{side}"], t[f"log_widths_{side}"],
-                            t[f"amps_{side}"], temperature, kernel)  # fmt: skip
+                            t[f"amps_{side}"], temperature, config.kernel)  # fmt: skip
 
 
 GENERATOR = ("latent_A", "latent_B", "centers_A", "centers_B", "log_widths_A", "log_widths_B", "amps_A", "amps_B")
@@ -291,8 +312,8 @@ class GenLoRAGroup(nn.Module):
     def __init__(self, layers: list[GenLoRALayer]) -> None:
         super().__init__()
         self.paths = [layer.path for layer in layers]
-        self.kernel = layers[0].config.kernel
-        self.reading = layers[0].config.reading
+        self.config = layers[0].config
+        self.reading = self.config.reading
         self.scaling = layers[0].scaling
         self.__dict__["layers"] = list(layers)  # not submodules: they live in the model's blocks
         for name in GENERATOR:
@@ -309,8 +330,8 @@ class GenLoRAGroup(nn.Module):
         temperature = torch.stack([layer.temperature for layer in self.layers]).float()  # (L,)
         t = {**self._parameters, **self._buffers}
         with torch.autocast(self.latent_A.device.type, enabled=False):
-            a = generate_factor(self.reading, t, "A", temperature, self.kernel)
-            b = generate_factor(self.reading, t, "B", temperature, self.kernel)
+            a = generate_factor(self.config, t, "A", temperature)
+            b = generate_factor(self.config, t, "B", temperature)
         return a, b.transpose(1, 2)
 
     def refresh(self, dtype: torch.dtype | None = None) -> None:
@@ -519,8 +540,8 @@ class GenLoRALayer(AdapterLayer):
         t |= {name: getattr(self, name)[None] for name in POSITIONS if name in self._buffers}
         temperature = self.temperature.float().reshape(1)
         with torch.autocast(self.base_layer.weight.device.type, enabled=False):
-            a = generate_factor(self.config.reading, t, "A", temperature, self.config.kernel)[0]
-            b = generate_factor(self.config.reading, t, "B", temperature, self.config.kernel)[0]
+            a = generate_factor(self.config, t, "A", temperature)[0]
+            b = generate_factor(self.config, t, "B", temperature)[0]
         return a, b.T
 
     def forward_factors(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,8 +87,8 @@ def test_gradients_reach_every_tensor_but_the_positions():
     assert not lay.positions_A.requires_grad
 
 
-@pytest.mark.parametrize("kernel", KERNELS)
-def test_batched_generation_equals_the_reference_in_values_and_gradients(kernel):
+@pytest.mark.parametrize(("kernel", "kernel_norm"), [(k, False) for k in KERNELS] + [("gaussian", True)])
+def test_batched_generation_equals_the_reference_in_values_and_gradients(kernel, kernel_norm):
     torch.manual_seed(0)
     L, p, r, g = 3, 37, 8, 2
     positions = torch.randn(L, p, g)
@@ -99,13 +99,13 @@ def test_batched_generation_equals_the_reference_in_values_and_gradients(kernel)
     temperature = torch.tensor([1.0, 1.7, 0.6])
     weight = torch.randn(L, r, p)
     trained = (latent, centers, log_widths, amps)
-    (generate_signed_batched(positions, *trained, temperature, kernel) * weight).sum().backward()
+    (generate_signed_batched(positions, *trained, temperature, kernel, kernel_norm) * weight).sum().backward()
     got = [t.grad.clone() for t in trained]
     for t in trained:
         t.grad = None
     reference = torch.stack(
-        [generate_signed(positions[i], latent[i], centers[i], log_widths[i], amps[i], temperature[i], kernel)
-         for i in range(L)]
+        [generate_signed(positions[i], latent[i], centers[i], log_widths[i], amps[i], temperature[i], kernel,
+                         kernel_norm) for i in range(L)]
     )  # fmt: skip
     (reference * weight).sum().backward()
     for g_batched, t in zip(got, trained, strict=True):  # fp32 rounding, over the whole tensor
@@ -190,3 +190,15 @@ def test_with_flat_kernels_it_is_lora_of_rank_g():
     lora = lay.scaling * lay.latent_B.detach() @ lay.latent_A.detach().T
     torch.testing.assert_close(lay.delta_matrix().detach(), lora, rtol=1e-4, atol=1e-6)
     assert torch.linalg.matrix_rank(lay.delta_matrix().detach().double(), rtol=1e-4) == 3
+
+
+def test_kernel_norm_gives_every_basis_vector_a_unit_rms_kernel():
+    plain, normed = layer(m=96, n=80, r=16, group_size=1), layer(m=96, n=80, r=16, group_size=1, kernel_norm=True)
+    a, a_n = plain.factors()[0].detach(), normed.factors()[0].detach()
+    values = (plain.amps_A @ plain.latent_A.T).detach()  # the same seeded start: only the kernels differ
+    kernels, kernels_n = a / values, a_n / values
+    rms = kernels_n.pow(2).mean(1).sqrt()
+    torch.testing.assert_close(rms, torch.ones(16), rtol=1e-4, atol=0)
+    assert kernels.pow(2).mean(1).sqrt().min() < 0.5  # without it the narrow kernels carry little
+    with pytest.raises(ValueError, match=r"kernel_norm=True is not valid with reading='bumps'"):
+        GenLoRAConfig(kernel_norm=True)
