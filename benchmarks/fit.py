@@ -199,7 +199,8 @@ def table(rows: list[dict[str, Any]]) -> str:
     names = list(dict.fromkeys(r["method"] for r in rows))
     out = []
     for shape in shapes:
-        out += [f"\n**{shape}** (relative residual at the best of {len(RATES)} rates; floor = LoRA's SVD optimum "
+        rates = len({r["lr"] for r in rows if r["shape"] == shape})
+        out += [f"\n**{shape}** (relative residual at the best of {rates} rates; floor = LoRA's SVD optimum "
                 "at the budget's rank; mean over seeds)\n",
                 "| method | params | budget | " + " | ".join(targets) + " |",
                 "|---|---|---|" + "---|" * len(targets)]  # fmt: skip
