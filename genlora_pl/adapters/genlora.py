@@ -18,8 +18,8 @@ with ``eps_i = exp(log_width_i) / temperature``. Distinct centres make the rows 
 independent, so ``A`` has rank ``r`` while the layer trains only ``(m + n) g + 2 r (2g + 1)``
 (``signed``) or ``(m + n) g + 2 r (g + 2)`` (``bumps``) numbers against LoRA's ``r (m + n)``.
 ``bumps`` cannot fit one generic direction (every entry of a basis vector has its amplitude's sign):
-on one 576 x 576 matrix it leaves 0.89 of a rank-1 target where LoRA r=1 leaves 0; ``signed`` leaves
-0.01, and with wide kernels it is LoRA of rank ``g`` (``benchmarks/fit.py``).
+on one 576 x 576 matrix it leaves 0.91 of a rank-1 target where LoRA r=1 leaves 0; ``signed`` leaves
+0.002, and with flat kernels it is LoRA of rank ``g`` (``benchmarks/fit.py``).
 
 The generator always runs in fp32 with autocast off; kernel values that would fall into the
 float32 subnormal range are flushed to zero, because later matmuls touching subnormals run many
@@ -42,10 +42,10 @@ from genlora_pl.adapters.registry import register
 KERNELS = ("gaussian", "inverse_quadratic", "inverse_multiquadric")
 CENTER_INITS = ("random", "kmeans")
 READINGS = ("signed", "bumps")
-# signed: the r kernel widths start spread geometrically over two decades below the widest (narrowest
-# kernel) width, so some basis vectors start nearly flat (LoRA-like directions) and some local
-# (rank). On one matrix this took a rank-1 fit at g=1 from 0.048 (all at width0 0.03) or 0.19 (all
-# at 0.35) to 0.015 (benchmarks/fit.py).
+# signed: the r kernels' shape parameters eps start spread geometrically from the sharpest down to a
+# hundredth of it, so some basis vectors start nearly flat (LoRA-like directions) and some local
+# (rank). On one matrix this took a rank-1 fit at g=1 from 0.048 (every eps at width0 0.03) or 0.19
+# (at 0.35) to 0.015 (benchmarks/fit.py, before the orthonormal amplitudes, which took it to 0.002).
 WIDTH_SPREAD = 0.01
 
 
@@ -71,7 +71,8 @@ class GenLoRAConfig(AdapterConfig):
             of rank ``g`` where the kernels are flat, rank up to ``r`` where they are not.
         kernel_norm: (signed only) divide each kernel row by its root mean square over the
             coordinates, so a narrow kernel's basis vector carries as much of the update as a flat one
-            (without it, the flat kernels' LoRA part dominates: effective rank about 1.5 at g=1).
+            (without it, the flat kernels' LoRA part dominates: trained updates of effective rank about
+            1.5 at g=1; with it 2.8 on the lexicon, and less accuracy there).
     """
 
     name: ClassVar[str] = "genlora"
@@ -194,9 +195,13 @@ def generate_signed(
     reference that :func:`generate_signed_batched` must equal); with ``kernel_norm`` each kernel row
     is divided by its root mean square over the ``p`` positions."""
     k = generate(positions, centers, log_widths, torch.ones_like(log_widths, dtype=torch.float32), temperature, kernel)
-    if kernel_norm:
-        k = k / k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(_NORM_FLOOR)
-    return (amps.float() @ latent.float().T) * k
+    return (amps.float() @ latent.float().T) * (unit_rms(k) if kernel_norm else k)
+
+
+def unit_rms(k: torch.Tensor) -> torch.Tensor:
+    """Each kernel row (last axis: the coordinates) divided by its root mean square; a kernel that
+    reaches no coordinate stays zero instead of dividing by zero."""
+    return k / k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
 class _BatchedRBF(torch.autograd.Function):
@@ -269,12 +274,7 @@ def generate_signed_batched(
     ``latent`` ``(L, p, g)``, ``centers`` and ``amps`` ``(L, r, g)``, ``log_widths (L, r)``."""
     ones = torch.ones(log_widths.shape, device=log_widths.device)  # the kernels alone: unit amplitudes
     k = _BatchedRBF.apply(positions.float(), centers.float(), log_widths.float(), ones, temperature.float(), kernel)
-    if kernel_norm:
-        k = k / k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(_NORM_FLOOR)
-    return torch.bmm(amps.float(), latent.float().transpose(1, 2)) * k
-
-
-_NORM_FLOOR = 1e-12  # a kernel that reaches no position stays zero instead of dividing by zero
+    return torch.bmm(amps.float(), latent.float().transpose(1, 2)) * (unit_rms(k) if kernel_norm else k)
 
 
 def generate_factor(config: GenLoRAConfig, t: dict[str, torch.Tensor], side: str, temperature: torch.Tensor):
