@@ -245,10 +245,8 @@ def run_one(
     if method.get("save_updates"):  # real updates for benchmarks/fit.py (a tuning setting: layer names)
         file = f"{task['key']}_{method['name']}_seed{seed}".replace(" ", "_").replace("=", "")
         save_updates(results / "updates" / f"{file}.safetensors", backbone, method["save_updates"], before, inputs)
-    adapter_params = parameter_report(backbone).adapter_params if adapted else 0
-    if kind == "peft":
-        adapter_params = sum(p.numel() for p in backbone.parameters() if p.requires_grad)
     trainable = 0 if kind == "untuned" else sum(p.numel() for p in backbone.parameters() if p.requires_grad)
+    adapter_params = parameter_report(backbone).adapter_params if adapted else trainable if kind == "peft" else 0
     return {
         "stage": stage,
         "task": task["key"],
