@@ -256,6 +256,30 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def sweep(
+    spec: dict[str, Any],
+    w0: torch.Tensor,
+    target: torch.Tensor,
+    cov: torch.Tensor | None,
+    where: dict[str, Any],
+    args: argparse.Namespace,
+    rows: list[dict[str, Any]],
+    runs: Path,
+) -> float:
+    """Fit ``spec`` at every rate of ``args``; each row (``where`` plus the fit) goes into ``rows`` and,
+    at once, into the runs file. Returns the best residual."""
+    residuals = []
+    for lr in args.rates:
+        row = {**where, "method": spec["name"], "options": spec["options"], "budget": spec["budget"], "lr": lr,
+               "steps": args.steps, **fit_one(spec, w0, target, cov, lr, args.steps)}  # fmt: skip
+        rows.append(row)
+        with open(runs, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if row["residual"] is not None:  # None: the fit diverged
+            residuals.append(row["residual"])
+    return min(residuals, default=math.nan)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", default=["576x576"], help="n x m of the layer (in x out)")
@@ -296,16 +320,9 @@ def main() -> None:
                 if spec["adapter"] != "genlora":
                     continue  # LoRA's optimum is its floor; DoRA's is not the point here
                 floor = svd_floor(target, spec["budget"], case["root"])
-                for lr in args.rates:
-                    row = {"shape": case["label"], "norm": case["norm"], "seed": 0, "target": "real",
-                           "method": spec["name"], "options": spec["options"], "budget": spec["budget"], "lr": lr,
-                           "steps": args.steps, "floor": floor,
-                           **fit_one(spec, w0, target, case["cov"], lr, args.steps)}  # fmt: skip
-                    rows.append(row)
-                    with open(runs, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                got = [r["residual"] for r in rows[-len(args.rates) :] if r["residual"] is not None]
-                print(f"[{case['label']} {case['norm']}] {spec['name']}: best {min(got, default=math.nan):.3f} "
+                where = {"shape": case["label"], "norm": case["norm"], "seed": 0, "target": "real"}
+                best = sweep(spec, w0, target, case["cov"], {**where, "floor": floor}, args, rows, runs)
+                print(f"[{case['label']} {case['norm']}] {spec['name']}: best {best:.3f} "
                       f"(LoRA r={spec['budget']} floor {floor:.3f})", flush=True)  # fmt: skip
         print(real_table(rows))
         return
@@ -317,17 +334,11 @@ def main() -> None:
                 target = make_target(kind, m, n, seed)
                 for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r):
                     floor = svd_floor(target, spec["budget"])
-                    for lr in args.rates:
-                        row = {"shape": shape, "norm": "frobenius", "seed": seed, "target": kind,
-                               "method": spec["name"], "options": spec["options"], "budget": spec["budget"], "lr": lr,
-                               "steps": args.steps, "floor": floor,
-                               **fit_one(spec, w0, target, None, lr, args.steps)}  # fmt: skip
-                        rows.append(row)
-                        with open(runs, "a") as f:
-                            f.write(json.dumps(row) + "\n")
-                    got = [r["residual"] for r in rows[-len(args.rates) :] if r["residual"] is not None]
-                    print(f"[{shape} seed {seed} {kind}] {spec['name']}: best {min(got, default=math.nan):.3f} "
-                          f"(floor {floor:.3f})", flush=True)  # fmt: skip
+                    where = {"shape": shape, "norm": "frobenius", "seed": seed, "target": kind, "floor": floor}
+                    best = sweep(spec, w0, target, None, where, args, rows, runs)
+                    print(
+                        f"[{shape} seed {seed} {kind}] {spec['name']}: best {best:.3f} (floor {floor:.3f})", flush=True
+                    )
     print(table(rows))
     plot(rows, args.results / "fit.png")
 
