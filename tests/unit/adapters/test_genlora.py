@@ -18,10 +18,11 @@ def layer(m=48, n=40, **kw) -> GenLoRALayer:
     return GenLoRALayer(nn.Linear(n, m), GenLoRAConfig(**kw), "blocks.0.fc")
 
 
+@pytest.mark.parametrize("reading", ["bumps", "signed"])
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("g", [1, 2, 4])
-def test_generated_A_has_full_rank(kernel, g):
-    a, b = layer(r=16, group_size=g, kernel=kernel).factors()
+def test_generated_A_has_full_rank(kernel, g, reading):
+    a, b = layer(r=16, group_size=g, kernel=kernel, reading=reading).factors()
     assert a.shape == (16, 40) and b.shape == (48, 16)
     assert torch.linalg.matrix_rank(a.double()) == 16
 
