@@ -239,8 +239,10 @@ def test_real_smollm2_from_its_gguf_trains_exports_and_generates_the_same(tmp_pa
               "do_sample": False, "pad_token_id": data.pad_id}  # fmt: skip
     with torch.no_grad():
         reference = ours.backbone.generate(**kwargs)
+        # the cached base folder is bf16 on disk and transformers 5 loads a folder in its saved dtype
+        # ("auto"): ask for the fp32 the base was trained in
         peft = PeftModel.from_pretrained(
-            AutoModelForCausalLM.from_pretrained(base_folder), tmp_path / "export" / "peft"
+            AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32), tmp_path / "export" / "peft"
         )
         assert torch.equal(peft.eval().generate(**kwargs), reference)
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "export" / "merged").eval()
