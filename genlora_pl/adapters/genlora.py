@@ -64,7 +64,7 @@ class GenLoRAConfig(AdapterConfig):
             twin closer than 0.1 kernel widths). With fewer positions than r both draw with
             replacement and jitter.
         reading: how the latent generates the factors. ``bumps`` (the reading of every figure
-            published before 0.3): basis vector i is an amplitude times an RBF of the trained latent
+            published before the signed reading): basis vector i is an amplitude times an RBF of the trained latent
             points, ``A[i, j] = a_i k(eps_i ||u_j - c_i||)``, so all its entries share one sign.
             ``signed``: each coordinate keeps a fixed seeded position ``p_j`` beside its trained
             latent ``u_j``, and ``A[i, j] = (a_i . u_j) k(eps_i ||p_j - c_i||)``: signed entries, LoRA
