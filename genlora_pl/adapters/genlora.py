@@ -313,7 +313,6 @@ class GenLoRAGroup(nn.Module):
         super().__init__()
         self.paths = [layer.path for layer in layers]
         self.config = layers[0].config
-        self.reading = self.config.reading
         self.scaling = layers[0].scaling
         self.__dict__["layers"] = list(layers)  # not submodules: they live in the model's blocks
         for name in GENERATOR:
@@ -321,7 +320,7 @@ class GenLoRAGroup(nn.Module):
             self.register_parameter(
                 name, nn.Parameter(stacked, requires_grad=layers[0]._parameters[name].requires_grad)
             )
-        for name in POSITIONS if self.reading == "signed" else ():  # fixed, seeded: never saved
+        for name in POSITIONS if self.config.reading == "signed" else ():  # fixed, seeded: never saved
             self.register_buffer(name, torch.stack([getattr(layer, name) for layer in layers]), persistent=False)
         self._cache: tuple | None = None
 

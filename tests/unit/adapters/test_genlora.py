@@ -44,11 +44,14 @@ def test_generator_matches_definition():
 
 
 @pytest.mark.parametrize(("m", "n", "r", "g"), [(2304, 768, 32, 2), (48, 40, 8, 1), (10, 7, 16, 4)])
-def test_parameter_count_formula(m, n, r, g):
+@pytest.mark.parametrize("reading", ["bumps", "signed"])
+def test_parameter_count_formula(m, n, r, g, reading):
     model = nn.Sequential(nn.Linear(n, m))
-    inject_adapters(model, GenLoRAConfig(r=r, group_size=g, target_modules=["0"]))
+    config = GenLoRAConfig(r=r, group_size=g, reading=reading, target_modules=["0"])
+    inject_adapters(model, config)
     report = parameter_report(model)
-    assert report.adapter_params == (m + n) * g + 2 * r * (g + 2)
+    assert report.adapter_params == (m + n) * g + 2 * r * ((2 * g + 1) if reading == "signed" else (g + 2))
+    assert report.adapter_params == config.num_parameters(m, n)
     assert report.lora_equivalent == r * (m + n)
     assert report.adapter_params == sum(p.numel() for p in model.parameters() if p.requires_grad)
 
