@@ -38,6 +38,7 @@ budgets of ``--budgets`` (LoRA's floor is its SVD optimum, so LoRA itself is not
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
@@ -79,10 +81,18 @@ def svd_floor(target: torch.Tensor, rank: int, root: torch.Tensor | None = None)
 
 
 def methods(
-    m: int, n: int, families: list[str] | None, budgets: tuple[int, ...] = BUDGET_RANKS, genlora_r: int = 32
+    m: int,
+    n: int,
+    families: list[str] | None,
+    budgets: tuple[int, ...] = BUDGET_RANKS,
+    genlora_r: int = 32,
+    genlora_options: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Every method at every budget: ``{"name", "adapter", "options", "budget"}``; GenLoRA at rank
-    ``genlora_r`` with the largest group size within the budget's slack."""
+    ``genlora_r`` with the largest group size within the budget's slack, and ``genlora_options``
+    (named in the method's name) on top."""
+    extra = genlora_options or {}
+    suffix = "".join(f" {k}={v}" for k, v in extra.items())
     from genlora_pl.adapters.genlora import GenLoRAConfig
 
     out = []
@@ -96,8 +106,12 @@ def methods(
             ]  # fmt: skip
             if fits:
                 g = fits[-1]
-                options = {"r": genlora_r, "group_size": g, "reading": reading}
-                name = f"GenLoRA {reading} r={genlora_r} g={g}"
+                options = {"r": genlora_r, "group_size": g, "reading": reading, **extra}
+                try:
+                    GenLoRAConfig(**options)
+                except ValueError:
+                    continue  # an option of the other reading only (width_spread, kernel_norm)
+                name = f"GenLoRA {reading} r={genlora_r} g={g}{suffix}"
                 out.append({"name": name, "adapter": "genlora", "options": options, "budget": r})
     return [x for x in out if not families or any(x["name"].startswith(f) for f in families)]
 
@@ -294,6 +308,10 @@ def main() -> None:
     parser.add_argument("--inputs", type=Path, help="the file with the inputs' moments (default: each update file)")
     parser.add_argument("--budgets", nargs="+", type=int, default=list(BUDGET_RANKS), help="LoRA ranks to match")
     parser.add_argument("--genlora-r", type=int, default=32, help="GenLoRA's rank (its group size follows the budget)")
+    parser.add_argument(
+        "--genlora-option", nargs="+", default=[], metavar="KEY=VALUE",
+        help="GenLoRA options on top (YAML values), e.g. width_spread=1.0; a reading they do not fit is left out",
+    )  # fmt: skip
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", type=Path, default=HERE / "results")
     args = parser.parse_args()
@@ -301,6 +319,28 @@ def main() -> None:
         parts = shape.split("x")
         if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
             parser.error(f"--shapes {shape!r} is not valid; write in x out, e.g. 576x1536.")
+    extra = {}
+    for item in args.genlora_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            parser.error(f"--genlora-option {item!r} is not valid; write KEY=VALUE, e.g. width_spread=1.0.")
+        extra[key] = yaml.safe_load(value)
+    args.genlora_options = extra
+    if extra:
+        from genlora_pl.adapters.genlora import GenLoRAConfig
+
+        known = [f.name for f in dataclasses.fields(GenLoRAConfig) if f.name not in ("r", "group_size", "reading")]
+        unknown = [k for k in extra if k not in known]
+        if unknown:
+            parser.error(f"--genlora-option {unknown[0]!r} is not a GenLoRA option; choose from {', '.join(known)}.")
+        errors = []
+        for reading in ("signed", "bumps"):
+            try:
+                GenLoRAConfig(reading=reading, **extra)
+            except (TypeError, ValueError) as e:
+                errors.append(str(e))
+        if len(errors) == 2:
+            parser.error(f"--genlora-option {' '.join(args.genlora_option)!r} is not valid: {errors[0]}")
     torch.set_num_threads(args.threads)
     from genlora_pl.console import quiet
 
@@ -316,7 +356,7 @@ def main() -> None:
         for case in real_cases(args.updates, args.inputs):
             target, w0 = case["target"], case["w0"]
             m, n = target.shape
-            for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r):
+            for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r, args.genlora_options):
                 if spec["adapter"] != "genlora":
                     continue  # LoRA's optimum is its floor; DoRA's is not the point here
                 floor = svd_floor(target, spec["budget"], case["root"])
@@ -332,7 +372,7 @@ def main() -> None:
         for seed in args.seeds:
             for kind in args.targets:
                 target = make_target(kind, m, n, seed)
-                for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r):
+                for spec in methods(m, n, args.methods, tuple(args.budgets), args.genlora_r, args.genlora_options):
                     floor = svd_floor(target, spec["budget"])
                     where = {"shape": shape, "norm": "frobenius", "seed": seed, "target": kind, "floor": floor}
                     best = sweep(spec, w0, target, None, where, args, rows, runs)

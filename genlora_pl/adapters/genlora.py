@@ -73,6 +73,10 @@ class GenLoRAConfig(AdapterConfig):
             coordinates, so a narrow kernel's basis vector carries as much of the update as a flat one
             (without it, the flat kernels' LoRA part dominates: trained updates of effective rank about
             1.5 at g=1; with it 2.8 on the lexicon, and less accuracy there).
+        width_spread: (signed only) the kernels' ``eps`` start spread geometrically from the sharpest,
+            ``width0 r^(1/g) / sqrt(2g)``, down to ``width_spread`` times it: 0.01 (the default) starts
+            half of them nearly flat (LoRA-like, effective rank of ``dW`` about 1.4 at g=1, r=32), 1.0
+            starts every kernel at the sharpest (about 7: the update's rank that memorising wants).
     """
 
     name: ClassVar[str] = "genlora"
@@ -85,6 +89,7 @@ class GenLoRAConfig(AdapterConfig):
     center_init: str = "random"
     reading: str = "bumps"
     kernel_norm: bool = False
+    width_spread: float = WIDTH_SPREAD
 
     def num_parameters(self, m: int, n: int) -> int:
         """Trainable numbers of one adapted ``(m, n)`` layer: ``(m + n) g + 2 r (2g + 1)`` (``signed``:
@@ -109,6 +114,13 @@ class GenLoRAConfig(AdapterConfig):
             raise ValueError(f"reading={self.reading!r} is not valid; choose one of {', '.join(READINGS)}.")
         if not isinstance(self.kernel_norm, bool):
             raise ValueError(f"kernel_norm={self.kernel_norm!r} is not valid; give true or false.")
+        spread = self.width_spread
+        if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not 0 < spread <= 1:
+            raise ValueError(f"width_spread={spread!r} is not valid; it must be a number in (0, 1].")
+        if spread != WIDTH_SPREAD and self.reading != "signed":
+            raise ValueError(
+                f"width_spread={spread!r} is not valid with reading='bumps'; it spreads the signed reading's widths."
+            )
         if self.kernel_norm and self.reading != "signed":
             raise ValueError(
                 "kernel_norm=True is not valid with reading='bumps'; it scales the signed reading's kernels."
@@ -513,7 +525,7 @@ class GenLoRALayer(AdapterLayer):
         # instead, with singular values from ~0.05 to ~4 at g=8, r=32: some directions barely learn.
         amps = torch.linalg.qr(torch.randn(max(r, g), max(r, g), generator=gen, device=cpu))[0][:r, :g]
         widest = math.log(cfg.width0 * r ** (1.0 / g) / math.sqrt(2.0 * g))
-        log_width = widest + torch.linspace(0.0, math.log(WIDTH_SPREAD), r, device=cpu)
+        log_width = widest + torch.linspace(0.0, math.log(cfg.width_spread), r, device=cpu)
         return {
             "positions_A": positions_a,
             "positions_B": positions_b,

@@ -184,3 +184,27 @@ def test_kernel_norm_gives_every_basis_vector_a_unit_rms_kernel():
     assert kernels.pow(2).mean(1).sqrt().min() < 0.5  # without it the narrow kernels carry little
     with pytest.raises(ValueError, match=r"kernel_norm=True is not valid with reading='bumps'"):
         GenLoRAConfig(kernel_norm=True)
+
+
+def test_width_spread_sets_the_narrowest_kernel_and_the_rank_of_the_update():
+    from genlora_pl.spectra import effective_rank
+
+    ranks = {}
+    for spread in (WIDTH_SPREAD, 1.0):
+        lay = layer(m=96, n=80, r=16, group_size=1, width_spread=spread)
+        eps = torch.exp(lay.log_widths_A)
+        top = 0.35 * 16 / math.sqrt(2)
+        torch.testing.assert_close(eps[[0, -1]], torch.tensor([top, top * spread]))
+        with torch.no_grad():
+            lay.latent_B.normal_()  # a random B latent: the update's shape, not its start at zero
+        ranks[spread] = effective_rank(torch.linalg.svdvals(lay.delta_matrix().detach().double()))
+    # flat kernels dominate the default start (LoRA-like); at 1.0 every kernel is local: a high rank
+    assert ranks[WIDTH_SPREAD] < 2.5 and ranks[1.0] > 2 * ranks[WIDTH_SPREAD], ranks
+
+
+@pytest.mark.parametrize("bad", [0, -0.5, 1.5, float("nan"), True, "wide"])
+def test_a_bad_width_spread_is_refused_in_one_sentence(bad):
+    with pytest.raises(ValueError, match=r"width_spread=.* is not valid; it must be a number in \(0, 1\]\."):
+        GenLoRAConfig(reading="signed", width_spread=bad)
+    with pytest.raises(ValueError, match=r"width_spread=0.5 is not valid with reading='bumps'"):
+        GenLoRAConfig(width_spread=0.5)
