@@ -47,6 +47,7 @@ READINGS = ("signed", "bumps")
 # (rank). On one matrix this took a rank-1 fit at g=1 from 0.048 (every eps at width0 0.03) or 0.19
 # (at 0.35) to 0.015 (benchmarks/fit.py, before the orthonormal amplitudes, which took it to 0.002).
 WIDTH_SPREAD = 0.01
+ZERO_B = ("latent", "amplitudes")  # signed: which factor of B starts at zero
 
 
 @dataclass
@@ -76,7 +77,11 @@ class GenLoRAConfig(AdapterConfig):
         width_spread: (signed only) the kernels' ``eps`` start spread geometrically from the sharpest,
             ``width0 r^(1/g) / sqrt(2g)``, down to ``width_spread`` times it: 0.01 (the default) starts
             half of them nearly flat (LoRA-like, effective rank of ``dW`` about 1.4 at g=1, r=32), 1.0
-            starts every kernel at the sharpest (about 7: the update's rank that memorising wants).
+            starts every kernel at the sharpest (about 7 at g=1).
+        zero_b: (signed only) which factor of ``B`` starts at zero, so that ``B = 0`` at injection:
+            ``latent`` (the default: ``latent_B = 0``, LoRA's start, the latents learn first) or
+            ``amplitudes`` (``amps_B = 0`` and ``latent_B`` drawn like ``latent_A``: the bumps reading's
+            start, where a few amplitudes over fixed random features learn first).
     """
 
     name: ClassVar[str] = "genlora"
@@ -90,6 +95,7 @@ class GenLoRAConfig(AdapterConfig):
     reading: str = "bumps"
     kernel_norm: bool = False
     width_spread: float = WIDTH_SPREAD
+    zero_b: str = "latent"
 
     def num_parameters(self, m: int, n: int) -> int:
         """Trainable numbers of one adapted ``(m, n)`` layer: ``(m + n) g + 2 r (2g + 1)`` (``signed``:
@@ -121,6 +127,10 @@ class GenLoRAConfig(AdapterConfig):
             raise ValueError(
                 f"width_spread={spread!r} is not valid with reading='bumps'; it spreads the signed reading's widths."
             )
+        if self.zero_b not in ZERO_B:
+            raise ValueError(f"zero_b={self.zero_b!r} is not valid; choose one of {', '.join(ZERO_B)}.")
+        if self.zero_b != "latent" and self.reading != "signed":
+            raise ValueError(f"zero_b={self.zero_b!r} is not valid with reading='bumps'; it chooses the signed reading's start.")
         if self.kernel_norm and self.reading != "signed":
             raise ValueError(
                 "kernel_norm=True is not valid with reading='bumps'; it scales the signed reading's kernels."
@@ -526,17 +536,23 @@ class GenLoRALayer(AdapterLayer):
         amps = torch.linalg.qr(torch.randn(max(r, g), max(r, g), generator=gen, device=cpu))[0][:r, :g]
         widest = math.log(cfg.width0 * r ** (1.0 / g) / math.sqrt(2.0 * g))
         log_width = widest + torch.linspace(0.0, math.log(cfg.width_spread), r, device=cpu)
+        latent_a = torch.empty(self.in_features, g, device=cpu).uniform_(-bound, bound, generator=gen)
+        if cfg.zero_b == "latent":  # B = 0: the base's outputs at injection
+            latent_b, amps_b = torch.zeros(self.out_features, g, device=cpu), amps.clone()
+        else:  # drawn after everything the default draws, so both starts share latent_A, centres and amps_A
+            latent_b = torch.empty(self.out_features, g, device=cpu).uniform_(-bound, bound, generator=gen)
+            amps_b = torch.zeros_like(amps)
         return {
             "positions_A": positions_a,
             "positions_B": positions_b,
-            "latent_A": torch.empty(self.in_features, g, device=cpu).uniform_(-bound, bound, generator=gen),
-            "latent_B": torch.zeros(self.out_features, g, device=cpu),  # B = 0: the base's outputs at injection
+            "latent_A": latent_a,
+            "latent_B": latent_b,
             "centers_A": centers_a,
             "centers_B": centers_b,
             "log_widths_A": log_width.clone(),
             "log_widths_B": log_width.clone(),
             "amps_A": amps.contiguous(),
-            "amps_B": amps.clone(),
+            "amps_B": amps_b,
         }
 
     @torch.no_grad()

@@ -208,3 +208,25 @@ def test_a_bad_width_spread_is_refused_in_one_sentence(bad):
         GenLoRAConfig(reading="signed", width_spread=bad)
     with pytest.raises(ValueError, match=r"width_spread=0.5 is not valid with reading='bumps'"):
         GenLoRAConfig(width_spread=0.5)
+
+
+def test_zero_b_amplitudes_starts_at_zero_through_the_amplitudes_and_learns_them_first():
+    lat, amp = layer(r=8, group_size=2), layer(r=8, group_size=2, zero_b="amplitudes")
+    # the same seeded A side; B = 0 either way, through a different factor
+    for name in ("latent_A", "amps_A", "centers_A", "centers_B", "log_widths_B"):
+        torch.testing.assert_close(getattr(lat, name), getattr(amp, name))
+    assert torch.count_nonzero(lat.latent_B) == 0 and torch.count_nonzero(lat.amps_B) > 0
+    assert torch.count_nonzero(amp.amps_B) == 0 and amp.latent_B.abs().max() <= 1 / math.sqrt(40)
+    assert amp.latent_B.std() > 0 and torch.count_nonzero(amp.factors()[1]) == 0
+    x = torch.randn(5, 40)
+    torch.testing.assert_close(amp(x), amp.base_layer(x))
+    amp(x).pow(2).sum().backward()
+    assert amp.amps_B.grad.abs().sum() > 0 and amp.latent_B.grad.abs().sum() == 0  # its amplitudes move first
+
+
+@pytest.mark.parametrize("bad", ["amps", "", None])
+def test_a_bad_zero_b_is_refused_in_one_sentence(bad):
+    with pytest.raises(ValueError, match=r"zero_b=.* is not valid; choose one of latent, amplitudes\."):
+        GenLoRAConfig(reading="signed", zero_b=bad)
+    with pytest.raises(ValueError, match=r"zero_b='amplitudes' is not valid with reading='bumps'"):
+        GenLoRAConfig(zero_b="amplitudes")
