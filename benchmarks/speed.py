@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-METHODS = ("lower bound", "GenLoRA", "LoRA", "PEFT LoRA")
+METHODS = ("lower bound", "GenLoRA", "GenLoRA signed", "LoRA", "PEFT LoRA")  # GenLoRA: the default reading
 INFERENCE = ("bare", "GenLoRA merged", "GenLoRA merge_and_unload")
 
 
@@ -98,8 +98,12 @@ def build(name: str, method: str, device: str, rank: int) -> tuple[nn.Module, to
             model, LoraConfig(r=rank, lora_alpha=rank, target_modules=targets, modules_to_save=heads)
         )
     else:
-        cls = GenLoRAConfig if method == "GenLoRA" else LoRAConfig
-        inject_adapters(model, cls(r=rank, target_modules="all-linear", modules_to_save=heads))
+        if method.startswith("GenLoRA"):
+            options = {"reading": "signed"} if method == "GenLoRA signed" else {}
+            config = GenLoRAConfig(r=rank, target_modules="all-linear", modules_to_save=heads, **options)
+        else:
+            config = LoRAConfig(r=rank, target_modules="all-linear", modules_to_save=heads)
+        inject_adapters(model, config)
     model = model.to(device).train()
     return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
