@@ -130,7 +130,9 @@ class GenLoRAConfig(AdapterConfig):
         if self.zero_b not in ZERO_B:
             raise ValueError(f"zero_b={self.zero_b!r} is not valid; choose one of {', '.join(ZERO_B)}.")
         if self.zero_b != "latent" and self.reading != "signed":
-            raise ValueError(f"zero_b={self.zero_b!r} is not valid with reading='bumps'; it chooses the signed reading's start.")
+            raise ValueError(
+                f"zero_b={self.zero_b!r} is not valid with reading='bumps'; it chooses the signed reading's start."
+            )
         if self.kernel_norm and self.reading != "signed":
             raise ValueError(
                 "kernel_norm=True is not valid with reading='bumps'; it scales the signed reading's kernels."
