@@ -379,6 +379,9 @@ def main() -> None:
                     print(
                         f"[{shape} seed {seed} {kind}] {spec['name']}: best {best:.3f} (floor {floor:.3f})", flush=True
                     )
+    if not rows:
+        parser.error(f"no method of --methods {args.methods} fits LoRA r={args.budgets}'s budgets on {args.shapes} "
+                     "within 1.2x; give larger --budgets or a smaller --genlora-r.")  # fmt: skip
     print(table(rows))
     plot(rows, args.results / "fit.png")
 

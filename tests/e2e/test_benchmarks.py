@@ -218,6 +218,18 @@ def test_fit_scores_methods_on_matrices_and_refuses_a_bad_shape(tmp_path):
     assert best["GenLoRA bumps r=32 g=5"] > best["GenLoRA signed r=32 g=4"]  # the reason for the signed reading
     assert "| GenLoRA signed r=32 g=4 | 1,088 | LoRA r=8 |" in stdout
     assert (tmp_path / "fit.png").read_bytes()[:4] == b"\x89PNG"
+    # an option on top: only the reading it fits runs, under a name that says it; a bad one is refused
+    out = launch(script, "--genlora-option", "widths=1", "--results", str(tmp_path))
+    assert out.returncode == 2 and "--genlora-option 'widths' is not a GenLoRA option; choose from" in out.stderr
+    small = ("--shapes", "64x64", "--targets", "rank1", "--budgets", "1", "--steps", "20", "--rates", "1e-2")
+    out = launch(script, *small, "--methods", "GenLoRA", "--results", str(tmp_path / "none"))
+    assert out.returncode == 2 and "no method of --methods ['GenLoRA'] fits LoRA r=[1]'s budgets" in out.stderr
+    run(script, *small, "--methods", "GenLoRA", "--genlora-r", "4", "--genlora-option", "width_spread=1.0",
+        "--results", str(tmp_path / "opt"))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "opt" / "fit_runs.jsonl").read_text().splitlines()]
+    assert [(r["method"], r["options"]["width_spread"]) for r in rows] == [
+        ("GenLoRA signed r=4 g=1 width_spread=1.0", 1.0)
+    ]
 
 
 def test_quality_saves_real_updates_that_fit_reads(tmp_path):
