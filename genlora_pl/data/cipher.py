@@ -12,7 +12,7 @@ memorised rows. The base cannot know the key. Two alphabets:
   made-up words (``"Decipher: bazu refa kivo"`` -> ``"lomi tesa dupo"``): the lexicon of a new
   language. A map of ``N`` symbols onto ``N`` others is an update of rank up to ``N`` in their
   subspace, so ``num_words`` sets how much rank the task asks for (26 letters did not bind LoRA r=8;
-  benchmarks/README, "Capacity").
+  benchmarks/investigations.md, "Capacity").
 
 Evaluation sequences use only symbols that occur in training, so every one of them is decipherable.
 """

@@ -151,13 +151,13 @@ class AdapterTask(L.LightningModule):
             (``{genlora: 0.02, lora: 0.003}``: switching ``adapter.method`` on the command line then
             switches the rate with it); ``null`` means the optimizer's own ``lr``, which always
             applies to everything else trained (the head, ``modules_to_save``). Generated-weight
-            adapters want a rate several times LoRA's (see benchmarks/README.md).
+            adapters want a rate several times LoRA's (see benchmarks/investigations.md).
         adapter_weight_decay: weight decay of the adapter parameters; ``null``: the optimizer's.
         adapter_lr_multipliers: per kind of adapter parameter, a factor on ``adapter_lr``:
             GenLoRA's ``latent``, ``center``, ``width``, ``amp``; LoRA's ``A``, ``B`` (LoRA+ style).
         freeze_batchnorm: keep every BatchNorm layer in eval mode while training, so it normalises
             with its pretrained running statistics instead of re-estimating them from each small
-            batch of the new domain (measured on EfficientNet-Lite0, see benchmarks/README.md).
+            batch of the new domain (measured on EfficientNet-Lite0, see benchmarks/investigations.md).
     """
 
     #: Name under which checkpoints record the task, so ``export`` rebuilds the right module; a
