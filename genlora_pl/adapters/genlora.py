@@ -123,20 +123,16 @@ class GenLoRAConfig(AdapterConfig):
         spread = self.width_spread
         if isinstance(spread, bool) or not isinstance(spread, (int, float)) or not 0 < spread <= 1:
             raise ValueError(f"width_spread={spread!r} is not valid; it must be a number in (0, 1].")
-        if spread != WIDTH_SPREAD and self.reading != "signed":
-            raise ValueError(
-                f"width_spread={spread!r} is not valid with reading='bumps'; it spreads the signed reading's widths."
-            )
         if self.zero_b not in ZERO_B:
             raise ValueError(f"zero_b={self.zero_b!r} is not valid; choose one of {', '.join(ZERO_B)}.")
-        if self.zero_b != "latent" and self.reading != "signed":
-            raise ValueError(
-                f"zero_b={self.zero_b!r} is not valid with reading='bumps'; it chooses the signed reading's start."
-            )
-        if self.kernel_norm and self.reading != "signed":
-            raise ValueError(
-                "kernel_norm=True is not valid with reading='bumps'; it scales the signed reading's kernels."
-            )
+        # options of the signed reading: off their defaults under bumps, one sentence says what they do
+        signed_only = {"width_spread": (WIDTH_SPREAD, "spreads the signed reading's widths"),
+                       "zero_b": ("latent", "chooses the signed reading's start"),
+                       "kernel_norm": (False, "scales the signed reading's kernels")}  # fmt: skip
+        for key, (default, what) in signed_only.items():
+            value = getattr(self, key)
+            if value != default and self.reading != "signed":
+                raise ValueError(f"{key}={value!r} is not valid with reading='bumps'; it {what}.")
 
 
 def kmeans_points(points: torch.Tensor, start: torch.Tensor, iterations: int = 10) -> torch.Tensor:
