@@ -47,10 +47,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         if argv[0] == "export":
-            from genlora_pl.export.checkpoint import cli as export_cli
+            from genlora_pl.export.cli import cli as export_cli
 
             export_cli(argv[1:])
         elif argv[0] in ("evaluate", "task_file"):
+            from genlora_pl.console import quiet
+
+            quiet()  # before the harness imports peft, and peft torchao
             from genlora_pl.harness import cli as harness_cli
 
             harness_cli(argv[0], argv[1:])

@@ -29,14 +29,13 @@ import torch
 from genlora_pl.adapters import config_from_dict
 from genlora_pl.backbones import BackboneSpec, hub_id
 from genlora_pl.checkpoints import adapter_config_of, read_checkpoint
+from genlora_pl.export.cli import parse_formats
 from genlora_pl.export.peft import PEFT_CONFIG_NAME, export_peft, vllm_advice
 from genlora_pl.files import recover_folder, write_folder
 from genlora_pl.injection import inject_adapters, merge_and_unload
 from genlora_pl.quantize import dequantize, resolve_dtype
 from genlora_pl.state import save_adapter
 from genlora_pl.tasks import AdapterTask, task_class
-
-FORMATS = ("merged", "peft", "adapter")
 
 
 def restore_module(checkpoint: dict[str, Any]) -> AdapterTask:
@@ -91,23 +90,21 @@ def _save_merged(module: AdapterTask, folder: Path) -> None:
 
 
 def export_checkpoint(
-    ckpt_path: str, output_dir: str, formats: list[str] | None = None, overwrite: bool = False
+    ckpt_path: str, output_dir: str, formats: str | list[str] | None = None, overwrite: bool = False
 ) -> dict[str, str]:
     """Export a fit checkpoint.
 
     Args:
         ckpt_path: a ``.ckpt`` written by ``fit``.
         output_dir: folder to create; ``merged/``, ``peft/`` and ``adapter/`` go inside.
-        formats: any of ``merged``, ``peft``, ``adapter`` (default: all three).
+        formats: any of ``merged``, ``peft``, ``adapter`` (default: all three), as a list or a
+            comma-separated string.
         overwrite: replace an existing, non-empty ``output_dir``.
 
     Returns:
         The written folders by format.
     """
-    formats = list(FORMATS) if formats is None else formats
-    bad = [f for f in formats if f not in FORMATS]
-    if bad or not formats:
-        raise ValueError(f"formats={formats!r} is not valid; choose among {', '.join(FORMATS)}.")
+    formats = parse_formats(formats)
     out = Path(output_dir)
     recover_folder(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
@@ -139,9 +136,3 @@ def export_checkpoint(
         for problem in problems:
             print(f"warning: vLLM would refuse this adapter: {problem}.", file=sys.stderr)
     return written
-
-
-def cli(argv: list[str]) -> None:
-    from jsonargparse import auto_cli
-
-    auto_cli(export_checkpoint, args=argv, as_positional=False)

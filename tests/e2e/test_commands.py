@@ -224,6 +224,32 @@ def test_export_subcommand_writes_merged_peft_and_adapter(tmp_path, vit_weights)
         torch.testing.assert_close(peft_model(x), expected, rtol=1e-5, atol=1e-5)
     # an existing export is not replaced without --overwrite
     assert main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(out)]) == 2
+    # formats as a shell user writes them: one bare name, a comma list, a list
+    for given, written in [("peft", ["peft"]), ("merged,adapter", ["adapter", "merged"]), ("[adapter]", ["adapter"])]:
+        folder = tmp_path / f"export-{len(written)}-{written[0]}"
+        assert main(["export", "--ckpt_path", str(ckpt), "--output_dir", str(folder), "--formats", given]) == 0
+        assert sorted(p.name for p in folder.iterdir()) == written, given
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--formats", "pef"], "error: formats='pef' is not valid; give one or more of merged, peft, adapter, e.g. "
+         "--formats peft or --formats merged,peft."),
+        (["--formats", "peft"], "error: ckpt_path='nope.ckpt' does not exist; give a .ckpt written by fit."),
+    ],
+)  # fmt: skip
+def test_export_refuses_bad_arguments_before_torch_is_imported(tmp_path, args, expected):
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "genlora_pl", "export", "--ckpt_path", "nope.ckpt",
+         "--output_dir", "out", *args],
+        capture_output=True, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if not line.startswith("import time:")]
+    assert lines == [expected]
+    assert " torch" not in out.stderr and "lightning" not in out.stderr  # answered before the heavy imports
+    assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.parametrize(
