@@ -1,10 +1,11 @@
 """What a user of the command line sees: our lines, not third-party chatter.
 
-The CLI calls :func:`quiet` once. It drops messages that say nothing about the user's run
+Every subcommand calls :func:`quiet` once. It drops messages that say nothing about the user's run
 (Lightning's litlogger / litmodels advertisements, a ``_pytree`` deprecation inside Lightning,
-transformers' weight-loading progress bars), prints warnings as one ``warning: ...`` line instead of
-a file path and a source line, and installs :class:`ProgressBar`, which shows ``Epoch 0 (max_steps 6)`` where a
-step-limited run would show ``Epoch 0/-2``. Nothing here changes a result.
+torch's deprecation of how torchao registers its enums, transformers' weight-loading progress bars),
+prints warnings as one ``warning: ...`` line instead of a file path and a source line, and installs
+:class:`ProgressBar`, which shows ``Epoch 0 (max_steps 6)`` where a step-limited run would show
+``Epoch 0/-2``. Nothing here changes a result.
 """
 
 from __future__ import annotations
@@ -18,8 +19,13 @@ from typing import Any
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.rich_progress import _RICH_AVAILABLE
 
-# (logger, start of the message) of informational lines that are advertisements
-_ADVERTS = (("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),)
+# (logger, a part of the message) of log lines that say nothing about the user's run: Lightning's
+# advertisements; torch >= 2.10 on torchao's `register_constant` of its Enums, twice at every import of
+# torchao (by peft and transformers as well as by a 4-bit base): torchao's to change, not the user's
+_ADVERTS = (
+    ("lightning.pytorch.utilities.rank_zero", "💡 Tip:"),
+    ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
+)
 # warnings that concern Lightning's or torch's own code, not the user's run
 _NOISE = (
     r".*isinstance\(treespec, LeafSpec\)",  # lightning.pytorch.utilities._pytree on torch >= 2.10
@@ -28,12 +34,12 @@ _NOISE = (
 
 
 class _DropAdverts(logging.Filter):
-    def __init__(self, start: str) -> None:
+    def __init__(self, part: str) -> None:
         super().__init__()
-        self.start = start
+        self.part = part
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(self.start)
+        return self.part not in str(record.getMessage())
 
 
 def _one_line_warning(message: Any, category: type[Warning], *args: Any, **kwargs: Any) -> str:
@@ -43,10 +49,10 @@ def _one_line_warning(message: Any, category: type[Warning], *args: Any, **kwarg
 
 def quiet() -> None:
     """Install the filters described in the module docstring (idempotent)."""
-    for name, start in _ADVERTS:
+    for name, part in _ADVERTS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdverts) and f.start == start for f in logger.filters):
-            logger.addFilter(_DropAdverts(start))
+        if not any(isinstance(f, _DropAdverts) and f.part == part for f in logger.filters):
+            logger.addFilter(_DropAdverts(part))
     for pattern in _NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.formatwarning = _one_line_warning

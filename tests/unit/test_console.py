@@ -6,6 +6,8 @@ import logging
 import types
 import warnings
 
+import pytest
+
 from genlora_pl.console import _step_description, quiet
 
 
@@ -16,6 +18,24 @@ def test_adverts_are_dropped_and_other_lines_kept(caplog):
         log.info("💡 Tip: For seamless cloud logging, try installing litlogger")
         log.info("GPU available: False, used: False")
     assert [r.getMessage() for r in caplog.records] == ["GPU available: False, used: False"]
+
+
+def test_torchaos_enum_registration_lines_are_dropped_at_its_import():
+    """torch >= 2.10 logs two `_pytree.py:630` lines at every import of torchao (peft and transformers
+    import it too): dropped after quiet(), which every subcommand calls before those imports."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("torchao")
+    code = "from genlora_pl.console import quiet; {} import torchao; print('imported')"
+    plain, quieted = (
+        subprocess.run([sys.executable, "-c", code.format(call)], capture_output=True, text=True, check=True)
+        for call in ("", "quiet();")
+    )
+    assert quieted.stdout == plain.stdout == "imported\n"
+    if "is an Enum subclass" not in plain.stderr:
+        pytest.skip("this torch / torchao pair logs nothing at torchao's import")
+    assert "is an Enum subclass" not in quieted.stderr and "_pytree" not in quieted.stderr
 
 
 def test_warnings_print_as_one_line():
