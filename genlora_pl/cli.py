@@ -57,7 +57,9 @@ def shipped_configs() -> Path:
 
 def resolve_config_names(argv: list[str]) -> list[str]:
     """``--config vit_cifar.yaml`` (or ``vit_cifar``) names a shipped config when no such file
-    exists where the command runs; a path that exists always wins."""
+    exists where the command runs; so does ``configs/vit_cifar.yaml``, the repository's path that
+    the docs and SLURM scripts use, where no ``configs/`` folder holds it (the Docker image, an
+    install outside the clone). A path that exists always wins."""
     out = list(argv)
     for i, arg in enumerate(out):
         if arg == "--config" and i + 1 < len(out):
@@ -66,9 +68,10 @@ def resolve_config_names(argv: list[str]) -> list[str]:
             value, prefix, where = arg.split("=", 1)[1], "--config=", i
         else:
             continue
-        if Path(value).exists() or Path(value).name != value:
+        path = Path(value)
+        if path.exists() or (path.name != value and path.parent != Path("configs")):
             continue
-        for name in (value, f"{value}.yaml"):
+        for name in (path.name, f"{path.name}.yaml"):
             shipped = shipped_configs() / name
             if shipped.is_file():
                 out[where] = prefix + str(shipped)

@@ -15,6 +15,13 @@ def test_bare_names_find_shipped_configs_and_real_paths_win(tmp_path, monkeypatc
     (tmp_path / "vit_cifar.yaml").write_text("trainer: {}\n")
     assert resolve_config_names(["fit", "--config", "vit_cifar.yaml"]) == ["fit", "--config", "vit_cifar.yaml"]
     assert resolve_config_names(["fit", "--config", "sub/none.yaml"]) == ["fit", "--config", "sub/none.yaml"]
+    # the repository's configs/ path, run where there is no configs/ folder (the Docker image)
+    assert resolve_config_names(["fit", "--config", "configs/vit_cifar.yaml"]) == ["fit", "--config", shipped]
+    assert resolve_config_names(["fit", "--config", "configs/none.yaml"]) == ["fit", "--config", "configs/none.yaml"]
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "vit_cifar.yaml").write_text("trainer: {}\n")
+    own = ["fit", "--config", "configs/vit_cifar.yaml"]
+    assert resolve_config_names(own) == own
 
 
 def test_config_files_that_hold_no_sections(tmp_path):
