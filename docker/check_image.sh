@@ -3,7 +3,8 @@
 # otherwise make after a queue wait.
 #
 #   bash docker/check_image.sh          # from anywhere inside a clone; needs podman (and mmdebstrap
-#                                       # for the stand-in base): apt-get install podman mmdebstrap
+#                                       # for the stand-in base, runc where crun refuses the host):
+#                                       # apt-get install podman mmdebstrap runc
 #
 # 1. The base: $CHECK_IMAGE_BASE if given (e.g. the real pytorch/pytorch image, pulled), else a
 #    stand-in made here and cached in podman's store: a Debian bookworm root file system from
@@ -56,7 +57,7 @@ run_step() {
   say "$step_name: ok ($((SECONDS - start)) s)"
 }
 
-command -v podman >/dev/null || { step_name="podman"; fail "podman is not installed; apt-get install podman mmdebstrap"; }
+command -v podman >/dev/null || { step_name="podman"; fail "podman is not installed; apt-get install podman mmdebstrap runc"; }
 
 # --- podman's options on this host ------------------------------------------------------------------
 # Hosts whose cgroups are mixed v1/v2 refuse crun ("cgroups in hybrid mode not supported"), and a
@@ -66,7 +67,7 @@ opts=()
 probe_opts() {
   local image="$1" nofile nproc
   if podman run --rm --network=none "$image" true >"$logs/probe.log" 2>&1; then return 0; fi
-  command -v runc >/dev/null || fail "podman cannot start a container here ($(tail -n 1 "$logs/probe.log")); installing runc may help"
+  command -v runc >/dev/null || fail "podman cannot start a container here ($(tail -n 1 "$logs/probe.log")); apt-get install runc may help"
   nofile="$(ulimit -Hn)"
   nproc="$(ulimit -Hu)"
   [[ "$nofile" == unlimited ]] && nofile=1048576
