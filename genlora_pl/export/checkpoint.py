@@ -29,7 +29,7 @@ import torch
 from genlora_pl.adapters import config_from_dict
 from genlora_pl.backbones import BackboneSpec, hub_id
 from genlora_pl.checkpoints import adapter_config_of, read_checkpoint
-from genlora_pl.export.cli import parse_formats
+from genlora_pl.export.formats import parse_formats
 from genlora_pl.export.peft import PEFT_CONFIG_NAME, export_peft, vllm_advice
 from genlora_pl.files import recover_folder, write_folder
 from genlora_pl.injection import inject_adapters, merge_and_unload

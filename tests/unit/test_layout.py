@@ -22,7 +22,10 @@ LAYERS = [
 # Our modules imported inside a function, each for a reason (the tests below say which).
 LAZY = {
     ("__main__", "genlora_pl.cli"): "--help answers before Lightning and torch are imported",
-    ("__main__", "genlora_pl.export.checkpoint"): "--help answers before Lightning and torch are imported",
+    ("__main__", "genlora_pl.export.cli"): "--help answers before Lightning and torch are imported",
+    ("__main__", "genlora_pl.console"): "--help answers before Lightning and torch are imported",
+    ("export.cli", "genlora_pl.console"): "export's bad arguments are refused before Lightning and torch load",
+    ("export.cli", "genlora_pl.export.checkpoint"): "export's bad arguments are refused before torch loads",
     ("__main__", "genlora_pl.harness"): "--help answers before Lightning and torch are imported",
     ("compat", "genlora_pl.adapters.genlora"): "the package __init__ installs compat's module redirects before torch",
 }

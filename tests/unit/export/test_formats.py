@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from genlora_pl.export.cli import FORMATS, parse_formats
+from genlora_pl.export.formats import FORMATS, parse_formats
 
 
 @pytest.mark.parametrize(
