@@ -145,7 +145,8 @@ def test_the_image_builds_and_answers_every_subcommand_offline(tmp_path):
     for step in ("build", "help", "data", "fit", "validate", "test", "predict", "export"):
         assert any(line.startswith(f"check_image: {step}: ok") for line in lines), step
     assert any(line.startswith("check_image: torch inside the image is the base's: 2.7.1") for line in lines)
-    assert "check_image: fit: best val/acc 1.0000" in lines  # the fit inside learned the two classes
+    learned = re.search(r"check_image: fit: best val/acc ([\d.]+)", out.stdout)
+    assert learned and float(learned.group(1)) >= 0.75  # the fit inside learned the two classes (1.00 measured)
     added = re.search(r"the project's layers add ([\d.]+) GB", out.stdout)
     assert added and float(added.group(1)) <= 1.5  # no second torch, no test tools, no corpora
     assert not list(tmp_path.glob("genlora-pl-check.*"))  # a passed check leaves nothing behind
