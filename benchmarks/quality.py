@@ -456,9 +456,14 @@ def curves_of(
     """``{label: [(step, mean, low, high), ...]}``: the validation curves by method (mean, lowest and
     highest over seeds) of the runs of ``stage`` (``curve_stage``'s pick), by method and rate for
     tuning runs. Every curve starts at the untuned model's score where it was run; methods in the
-    tables' ``order``."""
+    tables' ``order``. Methods whose final runs recorded no curve (``--no-curves``) are drawn from
+    their curve-stage runs, labelled with the seed."""
     place = in_order(order)
-    chosen = sorted((r for r in rows if r["stage"] == stage), key=lambda r: place(r["method"]))
+    chosen = [r for r in rows if r["stage"] == stage]
+    if stage == "final":
+        drawn = {r["method"] for r in chosen if r.get("curve")}
+        chosen += [r for r in rows if r["stage"] == "curve" and r.get("curve") and r["method"] not in drawn]
+    chosen.sort(key=lambda r: place(r["method"]))
     start = next((r["val_acc"] for r in rows if r["kind"] == "untuned"), None)
     groups: dict[str, list[list[list[float]]]] = {}
     for r in chosen:
@@ -466,7 +471,8 @@ def curves_of(
             n = r["trainable_params"]
             size = f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} K"
             rate = f", lr {r['settings']['lr']:g}" if stage == "tune" else ""  # tuning: one line per rate
-            label = f"{r['method']} ({size}{rate})"
+            seed = f", seed {r['seed']}" if r["stage"] != stage else ""
+            label = f"{r['method']} ({size}{rate}{seed})"
             groups.setdefault(label, []).append(r["curve"])
     out = {}
     for label, curves in groups.items():

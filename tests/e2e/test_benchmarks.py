@@ -287,3 +287,25 @@ def test_quality_runs_peers_from_peft(tmp_path):
     assert rows["FourierFT"]["trainable_params"] == 20 * len(linear) == rows["FourierFT"]["adapter_params"]
     for r in rows.values():
         assert 0 <= r["val_acc"] <= 1 and r["test_acc"] is None and len(r["train_losses"]) == 6
+
+
+def test_curves_of_final_runs_without_curves_come_from_their_curve_stage_runs():
+    spec = importlib.util.spec_from_file_location("quality_script", ROOT / "benchmarks" / "quality.py")
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+
+    def row(stage, method, seed, curve):
+        return {"stage": stage, "method": method, "seed": seed, "kind": "lora", "trainable_params": 2000,
+                "settings": {"lr": 1e-2}, "curve": curve, "val_acc": curve[-1][1] if curve else 0.5}  # fmt: skip
+
+    rows = [
+        row("final", "A", 0, [[2, 0.2], [4, 0.4]]),
+        row("final", "A", 1, [[2, 0.4], [4, 0.6]]),
+        row("final", "B", 0, []),  # a --no-curves final
+        row("curve", "B", 0, [[2, 0.1], [4, 0.3]]),
+        row("curve", "A", 0, [[2, 0.9], [4, 0.9]]),  # A's finals have curves: this one is not drawn
+    ]
+    curves = quality.curves_of(rows, ["A", "B"], quality.curve_stage(rows))
+    assert list(curves) == ["A (2 K)", "B (2 K, seed 0)"]
+    assert curves["A (2 K)"] == [(2, pytest.approx(0.3), 0.2, 0.4), (4, pytest.approx(0.5), 0.4, 0.6)]
+    assert curves["B (2 K, seed 0)"] == [(2, 0.1, 0.1, 0.1), (4, 0.3, 0.3, 0.3)]
