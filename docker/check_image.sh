@@ -114,11 +114,16 @@ fi
 # Builds use the host's network (pip reaches PyPI as the host does; a rootless podman without
 # /dev/net/tun has no other); every run of the image has none.
 build_start=$SECONDS
+previous="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
 extras=()
 [[ -n "${CHECK_IMAGE_EXTRAS:-}" ]] && extras=(--build-arg "EXTRAS=$CHECK_IMAGE_EXTRAS")
 run_step build podman build "${opts[@]}" --network=host --build-arg "BASE_IMAGE=$base" "${extras[@]}" -t "$tag" \
   -f "$repo/docker/Dockerfile" "$repo"
 build_seconds=$((SECONDS - build_start))
+# the image this tag named before, if the build replaced it: removed, so reruns do not pile up 1 GB each
+if [[ -n "$previous" && "$previous" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 base_bytes="$(podman image inspect --format '{{.Size}}' "$base")"
 image_bytes="$(podman image inspect --format '{{.Size}}' "$tag")"
 gb() { awk -v b="$1" 'BEGIN { printf "%.2f GB", b / 1e9 }'; }
