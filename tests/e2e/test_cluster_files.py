@@ -121,7 +121,7 @@ def test_install_script_keeps_the_installed_torch(tmp_path):
 
 def _podman_or_skip() -> None:
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (apt-get install podman mmdebstrap)")
+        pytest.skip("podman is not installed (apt-get install podman mmdebstrap runc)")
     cached = subprocess.run(["podman", "image", "exists", "localhost/genlora-pl-standin:torch2.7.1"]).returncode == 0
     if not cached and shutil.which("mmdebstrap") is None:
         pytest.skip("mmdebstrap is not installed and no stand-in base is cached (apt-get install mmdebstrap)")
