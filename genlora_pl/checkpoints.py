@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from genlora_pl.errors import first_line
+from genlora_pl.errors import first_line, missing_checkpoint
 from genlora_pl.files import atomic_write
 
 
@@ -61,10 +61,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
             "give a .ckpt file or a folder written by fit."
         )
     if not path.is_file():
-        raise FileNotFoundError(
-            f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "
-            "checkpoint folder written by fit."
-        )
+        raise missing_checkpoint(path)
     with open(path, "rb") as f:
         head = f.read(4)
     if head and not head.startswith((b"PK\x03\x04", b"\x80")):  # neither torch's zip format nor a legacy pickle

@@ -41,7 +41,7 @@ from genlora_pl.callbacks import AdapterCallback, AdapterMonitor, FaultTolerance
 from genlora_pl.checkpoints import read_checkpoint, run_folder
 from genlora_pl.console import ProgressBar, quiet
 from genlora_pl.data import DataModule  # imports every data module: short class paths resolve
-from genlora_pl.errors import one_line
+from genlora_pl.errors import missing_checkpoint, one_line
 from genlora_pl.files import atomic_write_text
 from genlora_pl.tasks import TASKS, AdapterTask, ClassificationModule, task_class
 
@@ -304,10 +304,7 @@ class GenLoRACLI(LightningCLI):
             self.config.fit.ckpt_path = requeued_checkpoint(self.config.fit)
         path = self.config[subcommand].get("ckpt_path") if subcommand else None
         if path and not Path(path).exists() and "://" not in str(path):  # before Lightning says it restores it
-            raise FileNotFoundError(
-                f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed "
-                "checkpoint folder written by fit."
-            )
+            raise missing_checkpoint(path)
         if not (path and Path(path).is_file()):
             return
         checkpoint = read_checkpoint(path)

@@ -26,6 +26,14 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def missing_checkpoint(path: object) -> FileNotFoundError:
+    """The one sentence for a ``ckpt_path`` with nothing there, whoever notices first (the CLI before
+    Lightning restores it, ``export`` before torch loads, the safe reader)."""
+    return FileNotFoundError(
+        f"ckpt_path={str(path)!r} does not exist; give a .ckpt file or a distributed checkpoint folder written by fit."
+    )
+
+
 def is_user_error(err: BaseException) -> bool:
     return isinstance(err, USER_ERRORS) or type(err).__name__ in USER_ERROR_NAMES
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from genlora_pl.errors import missing_checkpoint
 from genlora_pl.export.formats import parse_formats
 
 
@@ -24,7 +25,7 @@ def export(ckpt_path: str, output_dir: str, formats: str | list[str] | None = No
     """
     chosen = parse_formats(formats)
     if not Path(ckpt_path).exists():
-        raise FileNotFoundError(f"ckpt_path={ckpt_path!r} does not exist; give a .ckpt written by fit.")
+        raise missing_checkpoint(ckpt_path)
     out = Path(output_dir)
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"output_dir={output_dir!r} is a file; give a folder to create.")

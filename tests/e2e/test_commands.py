@@ -236,7 +236,8 @@ def test_export_subcommand_writes_merged_peft_and_adapter(tmp_path, vit_weights)
     [
         (["--formats", "pef"], "error: formats='pef' is not valid; give one or more of merged, peft, adapter, e.g. "
          "--formats peft or --formats merged,peft."),
-        (["--formats", "peft"], "error: ckpt_path='nope.ckpt' does not exist; give a .ckpt written by fit."),
+        (["--formats", "peft"], "error: ckpt_path='nope.ckpt' does not exist; give a .ckpt file or a distributed "
+         "checkpoint folder written by fit."),
     ],
 )  # fmt: skip
 def test_export_refuses_bad_arguments_before_torch_is_imported(tmp_path, args, expected):
