@@ -157,11 +157,12 @@ expect() { # expect FILE TEXT: the step's log holds TEXT
 run_step help run_image "$tag" --help
 expect "$logs/help.log" "usage: python -m genlora_pl"
 
-run_step torch bash -c "
-  podman run ${opts[*]} --rm --network=none --entrypoint python '$base' -c \
-    'import torch; print(torch.__version__, torch.__file__)' > '$work/torch_base.txt' &&
-  podman run ${opts[*]} --rm --network=none --entrypoint python '$tag' -c \
-    'import torch; print(torch.__version__, torch.__file__)' > '$work/torch_image.txt'"
+torch_of() { # torch_of IMAGE: the version and the file of the torch it imports
+  podman run "${opts[@]}" --rm --network=none --entrypoint python "$1" -c \
+    'import torch; print(torch.__version__, torch.__file__)'
+}
+both_torches() { torch_of "$base" >"$work/torch_base.txt" && torch_of "$tag" >"$work/torch_image.txt"; }
+run_step torch both_torches
 cmp -s "$work/torch_base.txt" "$work/torch_image.txt" \
   || fail "the image's torch ($(cat "$work/torch_image.txt")) is not the base's ($(cat "$work/torch_base.txt"))"
 say "torch inside the image is the base's: $(cat "$work/torch_image.txt")"

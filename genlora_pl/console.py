@@ -33,7 +33,7 @@ _NOISE = (
 )
 
 
-class _DropAdverts(logging.Filter):
+class _DropLines(logging.Filter):
     def __init__(self, part: str) -> None:
         super().__init__()
         self.part = part
@@ -51,8 +51,8 @@ def quiet() -> None:
     """Install the filters described in the module docstring (idempotent)."""
     for name, part in _ADVERTS:
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _DropAdverts) and f.part == part for f in logger.filters):
-            logger.addFilter(_DropAdverts(part))
+        if not any(isinstance(f, _DropLines) and f.part == part for f in logger.filters):
+            logger.addFilter(_DropLines(part))
     for pattern in _NOISE:
         warnings.filterwarnings("ignore", message=pattern)
     warnings.formatwarning = _one_line_warning
