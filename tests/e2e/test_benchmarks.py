@@ -232,6 +232,53 @@ def test_fit_scores_methods_on_matrices_and_refuses_a_bad_shape(tmp_path):
     ]
 
 
+def test_fit_memorises_key_value_pairs_beside_lora_s_optimum(tmp_path):
+    script = str(ROOT / "benchmarks" / "fit.py")
+    out = launch(script, "--targets", "memory", "--pairs", "0", "--results", str(tmp_path))
+    assert out.returncode == 2 and "--pairs [0] and --batch 0 are not valid" in out.stderr
+    stdout = run(script, "--shapes", "64x64", "--targets", "memory", "--pairs", "32", "--budgets", "1",
+                 "--methods", "LoRA r=1", "GenLoRA bumps", "--genlora-r", "4", "--steps", "300", "--rates", "1e-2",
+                 "3e-2", "--results", str(tmp_path))  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "fit_runs.jsonl").read_text().splitlines()]
+    assert {r["target"] for r in rows} == {"memory 32"} and all(0 <= r["recall"] <= 1 for r in rows)
+    lora = [r for r in rows if r["method"] == "LoRA r=1"]
+    # LoRA r=1 reaches its optimum of rank 1 (reduced-rank regression), which recalls few of 32 random pairs
+    assert min(r["residual"] for r in lora) < lora[0]["floor"] + 0.01 and lora[0]["floor_recall"] < 0.3
+    bumps = max(r["recall"] for r in rows if r["method"].startswith("GenLoRA bumps"))
+    assert bumps > max(r["recall"] for r in lora)  # rank 4 from LoRA r=1's budget: more pairs recalled
+    assert "| LoRA r=1 | 128 | LoRA r=1 |" in stdout and "% (floor" in stdout
+    # mini-batches of 4 pairs: the rows say so, and the fit still learns
+    run(script, "--shapes", "64x64", "--targets", "memory", "--pairs", "32", "--batch", "4", "--budgets", "1",
+        "--methods", "LoRA r=1", "--steps", "40", "--rates", "1e-2", "--results", str(tmp_path / "mb"))  # fmt: skip
+    (row,) = [json.loads(line) for line in (tmp_path / "mb" / "fit_runs.jsonl").read_text().splitlines()]
+    assert row["batch"] == 4 and row["residual"] < 1.0
+
+
+def test_quality_saves_answer_keys_that_fit_memorises(tmp_path):
+    config, results = quality_config(tmp_path), tmp_path / "results"
+    layers = ["model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj"]
+    cfg = yaml.safe_load(config.read_text())
+    cfg["tuning"] = [
+        {"task": "sums", "base": {"name": "keys", "kind": "untuned", "save_keys": layers}, "variants": [{}]}
+    ]
+    config.write_text(yaml.safe_dump(cfg))
+    run(str(ROOT / "benchmarks" / "quality.py"), "--config", str(config), "--results", str(results), "--stage", "tune")
+    from safetensors.torch import load_file
+
+    keys = load_file(str(results / "keys" / "sums_seed0.safetensors"))
+    q, down = keys[f"{layers[0]}.keys"], keys[f"{layers[1]}.keys"]
+    # one key per answer token of each training row (an answer is a number and the end of the turn)
+    assert q.shape[1] == 32 and down.shape[1] == 64 and q.shape[0] == down.shape[0] >= 64
+    assert keys[f"{layers[1]}.w0"].shape == (32, 64) and q.std() > 0
+    stdout = run(str(ROOT / "benchmarks" / "fit.py"), "--targets", "memory", "--keys",
+                 str(results / "keys" / "sums_seed0.safetensors"), "--pairs", "16", "--budgets", "1", "--methods",
+                 "LoRA", "--steps", "20", "--rates", "1e-2", "--results", str(tmp_path / "fit"))  # fmt: skip
+    assert f"**sums_seed0:{layers[0]}**" in stdout and f"**sums_seed0:{layers[1]}**" in stdout
+    out = launch(str(ROOT / "benchmarks" / "fit.py"), "--targets", "memory", "--keys",
+                 str(results / "keys" / "sums_seed0.safetensors"), "--pairs", "100000")  # fmt: skip
+    assert out.returncode == 2 and "--pairs 100000 is more than the" in out.stderr
+
+
 def test_quality_saves_real_updates_that_fit_reads(tmp_path):
     config, results = quality_config(tmp_path), tmp_path / "results"
     layers = ["bert.encoder.layer.0.attention.self.query", "bert.encoder.layer.1.output.dense"]
