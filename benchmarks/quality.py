@@ -92,6 +92,42 @@ def input_moments(module: Any, data: Any, names: list[str], batches: int = 8) ->
     return {n: (sums[n] / counts[n]).float() for n in names}
 
 
+def answer_keys(module: Any, data: Any, names: list[str]) -> dict[str, Any]:
+    """The inputs of each layer in ``names`` at every position that predicts an answer token (the next
+    token is trained), over one epoch of the training rows, of the model as it is now (before fit: the
+    pretrained model), with each layer's weight: real keys for ``benchmarks/fit.py``'s memory target."""
+    import torch
+
+    current: dict[str, Any] = {}
+    keys: dict[str, list[Any]] = {n: [] for n in names}
+
+    def hook(name: str):
+        def record(layer: Any, args: tuple, output: Any) -> None:
+            current[name] = args[0].detach()
+
+        return record
+
+    handles = [module.backbone.get_submodule(n).register_forward_hook(hook(n)) for n in names]
+    data.setup("fit")
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    with torch.no_grad():
+        for batch in data.train_dataloader():
+            module.model_step(batch)
+            labels = batch["labels"]
+            predicts = torch.zeros_like(labels, dtype=torch.bool)
+            predicts[:, :-1] = labels[:, 1:] != -100  # position t predicts token t + 1
+            for name in names:
+                keys[name].append(current[name][predicts].float())
+    for m, training in modes.items():
+        m.train(training)
+    for h in handles:
+        h.remove()
+    out = {f"{n}.keys": torch.cat(v).contiguous() for n, v in keys.items()}
+    out |= {f"{n}.w0": module.backbone.get_submodule(n).weight.detach().float().contiguous() for n in names}
+    return out
+
+
 def save_updates(path: Path, backbone: Any, names: list[str], before: dict[str, Any], inputs: dict[str, Any]) -> None:
     """The fit's update ``W - W0`` (full fine-tuning) or ``s B A`` (an adapter) of each layer in ``names``,
     ``W0``, and (full fine-tuning) the inputs' second moment, as one safetensors file for fit.py."""
@@ -218,6 +254,15 @@ def run_one(
             module.backbone.get_parameter(name).requires_grad_(False)
         if method.get("save_updates"):  # the inputs' second moments, at the pretrained model
             inputs = input_moments(module, data, method["save_updates"])
+    if method.get("save_keys"):  # real keys for benchmarks/fit.py's memory target (a tuning setting: layer names)
+        if not causal:
+            raise ValueError(f"save_keys needs a causal-LM task (answer positions); {task['key']} is a classifier.")
+        from safetensors.torch import save_file
+
+        module.configure_model()
+        path = results / "keys" / f"{task['key']}_seed{seed}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file(answer_keys(module, data, method["save_keys"]), str(path))
     start = time.perf_counter()
     if kind != "untuned":  # the untuned model: evaluated as it comes
         trainer.fit(module, datamodule=data)
@@ -426,12 +471,12 @@ def summarize(rows: list[dict[str, Any]], cfg: dict[str, Any], results: Path) ->
                 "|---|---|---|---|---|---|"]  # fmt: skip
         groups: dict[tuple[str, str, float], list[dict[str, Any]]] = {}
         for r in tuned:
-            groups.setdefault((r["task"], r["method"], r["settings"]["lr"]), []).append(r)
+            groups.setdefault((r["task"], r["method"], r["settings"].get("lr")), []).append(r)  # untuned: none
         for (task, method, lr), runs in groups.items():
             ranks = [r["mean_effective_rank"] for r in runs if r["mean_effective_rank"] is not None]
             rank = f"{sum(ranks) / len(ranks):.1f}" if ranks else "-"
             val = 100 * sum(r["val_acc"] for r in runs) / len(runs)  # exact match on causal tasks
-            out.append(f"| {task} | {method} | {lr:g} | {val:.1f} | {len(runs)} | {rank} |")
+            out.append(f"| {task} | {method} | {'-' if lr is None else f'{lr:g}'} | {val:.1f} | {len(runs)} | {rank} |")
     atomic_write_text(results / "quality_summary.json", json.dumps(summary, indent=1) + "\n")
     if summary:
         plot(summary, results)
