@@ -103,6 +103,12 @@ class AdapterConfig:
         alpha = 2.0 * self.r if self.alpha is None else float(self.alpha)
         return alpha / math.sqrt(self.r) if self.rslora else alpha / self.r
 
+    def rate_keys(self) -> tuple[str, ...]:
+        """The ``model.adapter_lr`` entries that may give this adapter's rate, the most specific first; the
+        last names it in messages. A method whose variants train at rates of their own (GenLoRA's
+        readings) adds a key per variant, so a per-method rate table follows whatever variant is chosen."""
+        return (self.name,)
+
     @classmethod
     def options(cls) -> list[str]:
         """The method's own settings: the fields it adds to :class:`AdapterConfig`."""

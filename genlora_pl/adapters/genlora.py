@@ -97,6 +97,12 @@ class GenLoRAConfig(AdapterConfig):
     width_spread: float = WIDTH_SPREAD
     zero_b: str = "latent"
 
+    def rate_keys(self) -> tuple[str, ...]:
+        """``genlora_<reading>``, and ``genlora`` for the default reading: the readings learn at rates of
+        their own (``signed`` at about LoRA's, ``bumps`` several times it), so a rate table names each."""
+        own = f"{self.name}_{self.reading}"
+        return (own, self.name) if self.reading == type(self).reading else (own,)
+
     def num_parameters(self, m: int, n: int) -> int:
         """Trainable numbers of one adapted ``(m, n)`` layer: ``(m + n) g + 2 r (2g + 1)`` (``signed``:
         ``g`` amplitudes and ``g`` centre coordinates a basis vector, one width) or

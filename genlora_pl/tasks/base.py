@@ -149,7 +149,9 @@ class AdapterTask(L.LightningModule):
             by default the backbone's repeated blocks are found by ``transformer_blocks``.
         adapter_lr: learning rate of the adapter parameters, one number or one per method
             (``{genlora: 0.02, lora: 0.003}``: switching ``adapter.method`` on the command line then
-            switches the rate with it); ``null`` means the optimizer's own ``lr``, which always
+            switches the rate with it) and per GenLoRA reading other than the default
+            (``genlora_signed: 0.003``; a table without the chosen one is refused); ``null`` means the
+            optimizer's own ``lr``, which always
             applies to everything else trained (the head, ``modules_to_save``). Generated-weight
             adapters want a rate several times LoRA's (see benchmarks/investigations.md).
         adapter_weight_decay: weight decay of the adapter parameters; ``null``: the optimizer's.
@@ -387,20 +389,23 @@ class AdapterTask(L.LightningModule):
         return groups
 
     def adapter_rate(self) -> float | None:
-        """This run's ``adapter_lr``: the number, or the entry of the adapters' method; a per-method
-        table without that method is refused (it would silently train at the optimizer's rate)."""
+        """This run's ``adapter_lr``: the number, or the entry of the adapters' method (GenLoRA: of its
+        reading, ``genlora_signed``, where the plain ``genlora`` entry is the default reading's); a table
+        without it is refused (it would silently train at the optimizer's rate, or at another reading's)."""
         rate = self.hparams.get("adapter_lr")
         if not isinstance(rate, dict):
             return rate
         config = getattr(self.backbone, CONFIG_ATTR, None)
         if config is None:
             return None  # no adapters: the rate of adapters does not apply
-        if config.name not in rate:
+        keys = config.rate_keys()
+        found = next((key for key in keys if key in rate), None)
+        if found is None:
             raise ValueError(
-                f"adapter_lr gives rates for {', '.join(sorted(rate))} but the adapters are {config.name}; "
-                f"add model.adapter_lr.{config.name} (or give one number)."
+                f"adapter_lr gives rates for {', '.join(sorted(rate))} but the adapters are {keys[-1]}; "
+                f"add model.adapter_lr.{keys[-1]} (or give one number)."
             )
-        return float(rate[config.name])
+        return float(rate[found])
 
     def configure_optimizers(self) -> Any:
         groups = self.parameter_groups()

@@ -141,3 +141,21 @@ def test_a_rate_table_without_the_method_is_refused_and_a_bad_rate_named():
         optimizer_of(module(adapter_lr={"genlora": 2e-2}), "lora")
     with pytest.raises(ValueError, match=r"^adapter_lr.lora=-1 is not valid; give a positive number"):
         module(adapter_lr={"genlora": 2e-2, "lora": -1})
+
+
+def test_a_genlora_reading_takes_its_own_rate_and_a_table_without_it_is_refused():
+    table = {"genlora": 2e-2, "genlora_signed": 3e-3, "lora": 3e-3}
+
+    def adapter_rates(adapter_lr: dict, reading: str) -> set[float]:
+        m = module(adapter_lr=adapter_lr)
+        callback = AdapterCallback(method="genlora", r=4, target_modules=TARGETS, options={"reading": reading})
+        m.adapt_backbone("genlora", callback.inject)
+        m.configure_model()
+        return {g["lr"] for g in m.configure_optimizers().param_groups if g["name"].startswith("adapter.")}
+
+    assert adapter_rates(table, "signed") == {3e-3}
+    assert adapter_rates(table, "bumps") == {2e-2}  # the plain entry is the default reading's
+    assert adapter_rates({**table, "genlora_bumps": 1e-2}, "bumps") == {1e-2}  # a reading's own entry wins
+    with pytest.raises(ValueError, match=r"^adapter_lr gives rates for genlora, lora but the adapters are "
+                       r"genlora_signed; add model.adapter_lr.genlora_signed \(or give one number\)\.$"):  # fmt: skip
+        adapter_rates({"genlora": 2e-2, "lora": 3e-3}, "signed")
