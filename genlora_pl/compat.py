@@ -145,7 +145,7 @@ def migrate_checkpoint(checkpoint: dict[str, Any], module: Any) -> None:
 def legacy_parameter_order(module: nn.Module) -> list[tuple[nn.Parameter, int | None]]:
     """The trained parameters in the order 0.1 handed them to the optimizer (``module.parameters()``
     with grad), each as ``(today's parameter, slice of it or None)``."""
-    from genlora_pl.adapters.genlora import GENERATOR, GenLoRAGroup, GenLoRALayer  # torch: not at import
+    from genlora_pl.adapters.genlora import GenLoRAGroup, GenLoRALayer  # torch: not at import
 
     order: list[tuple[nn.Parameter, int | None]] = []
     seen: set[int] = set()
@@ -154,9 +154,8 @@ def legacy_parameter_order(module: nn.Module) -> list[tuple[nn.Parameter, int | 
             continue  # its tensors are listed where 0.1 had them: in each layer
         if isinstance(sub, GenLoRALayer) and sub.group is not None:
             index = sub.__dict__["_index"]
-            order += [
-                (sub.group._parameters[name], index) for name in GENERATOR if sub.group._parameters[name].requires_grad
-            ]
+            stacks = sub.group._parameters
+            order += [(stacks[name], index) for name in sub.group.names if stacks[name].requires_grad]
         for param in sub._parameters.values():
             if param is not None and param.requires_grad and id(param) not in seen:
                 seen.add(id(param))

@@ -41,7 +41,7 @@ from genlora_pl.adapters.registry import register
 
 KERNELS = ("gaussian", "inverse_quadratic", "inverse_multiquadric")
 CENTER_INITS = ("random", "kmeans")
-READINGS = ("signed", "bumps")
+READINGS = ("signed", "bumps", "mixed")
 # signed: the r kernels' shape parameters eps start spread geometrically from the sharpest down to a
 # hundredth of it, so some basis vectors start nearly flat (LoRA-like directions) and some local
 # (rank). On one matrix this took a rank-1 fit at g=1 from 0.048 (every eps at width0 0.03) or 0.19
@@ -105,10 +105,20 @@ class GenLoRAConfig(AdapterConfig):
 
     def num_parameters(self, m: int, n: int) -> int:
         """Trainable numbers of one adapted ``(m, n)`` layer: ``(m + n) g + 2 r (2g + 1)`` (``signed``:
-        ``g`` amplitudes and ``g`` centre coordinates a basis vector, one width) or
-        ``(m + n) g + 2 r (g + 2)`` (``bumps``: one amplitude)."""
+        ``g`` amplitudes and ``g`` centre coordinates a basis vector, one width),
+        ``(m + n) g + 2 r (g + 2)`` (``bumps``: one amplitude) or, ``mixed``, the latent's plus each
+        part's: ``(m + n) g + 2 r_b 3 + 2 r_s (2 (g - 1) + 1)`` (:meth:`parts`)."""
         r, g = self.r, self.group_size
+        if self.reading == "mixed":
+            bumps, signed = self.parts()
+            return (m + n) * g + 2 * bumps * 3 + 2 * signed * (2 * (g - 1) + 1)
         return (m + n) * g + 2 * r * ((2 * g + 1) if self.reading == "signed" else (g + 2))
+
+    def parts(self) -> tuple[int, int]:
+        """``mixed``: how many basis vectors are bumps over the latent's first coordinate and how many
+        are signed over its other ``g - 1``: half each from ``g = 2`` on, all bumps at ``g = 1``."""
+        signed = self.r // 2 if self.reading == "mixed" and self.group_size > 1 else 0
+        return self.r - signed, signed
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,6 +134,9 @@ class GenLoRAConfig(AdapterConfig):
             raise ValueError(f"center_init={self.center_init!r} is not valid; choose one of {', '.join(CENTER_INITS)}.")
         if self.reading not in READINGS:
             raise ValueError(f"reading={self.reading!r} is not valid; choose one of {', '.join(READINGS)}.")
+        if self.reading == "mixed" and g > 1 and self.r < 2:
+            raise ValueError(f"r={self.r} is not valid with reading='mixed' and group_size={g}; it needs r >= 2 "
+                             "(half the basis vectors are bumps, half signed).")  # fmt: skip
         if not isinstance(self.kernel_norm, bool):
             raise ValueError(f"kernel_norm={self.kernel_norm!r} is not valid; give true or false.")
         spread = self.width_spread
@@ -138,7 +151,7 @@ class GenLoRAConfig(AdapterConfig):
         for key, (default, what) in signed_only.items():
             value = getattr(self, key)
             if value != default and self.reading != "signed":
-                raise ValueError(f"{key}={value!r} is not valid with reading='bumps'; it {what}.")
+                raise ValueError(f"{key}={value!r} is not valid with reading={self.reading!r}; it {what}.")
 
 
 def kmeans_points(points: torch.Tensor, start: torch.Tensor, iterations: int = 10) -> torch.Tensor:
@@ -305,17 +318,37 @@ def generate_signed_batched(
 
 def generate_factor(config: GenLoRAConfig, t: dict[str, torch.Tensor], side: str, temperature: torch.Tensor):
     """One side's ``(L, r, p)`` factors from stacked tensors ``t`` (``latent_A``, ``positions_A``, ...):
-    ``A`` for side ``"A"``, ``B`` transposed for ``"B"``."""
+    ``A`` for side ``"A"``, ``B`` transposed for ``"B"``. ``mixed``: the bump rows over the trained
+    positions (``latent``), then the signed rows over the fixed positions with ``signed_latent`` as values."""
     if config.reading == "signed":
         return generate_signed_batched(t[f"positions_{side}"], t[f"latent_{side}"], t[f"centers_{side}"],
                                        t[f"log_widths_{side}"], t[f"amps_{side}"], temperature, config.kernel,
                                        config.kernel_norm)  # fmt: skip
-    return generate_batched(t[f"latent_{side}"], t[f"centers_{side}"], t[f"log_widths_{side}"],
-                            t[f"amps_{side}"], temperature, config.kernel)  # fmt: skip
+    bumps = generate_batched(t[f"latent_{side}"], t[f"centers_{side}"], t[f"log_widths_{side}"], t[f"amps_{side}"],
+                             temperature, config.kernel)  # fmt: skip
+    if config.reading == "bumps" or config.group_size == 1:
+        return bumps
+    signed = generate_signed_batched(t[f"positions_{side}"], t[f"signed_latent_{side}"], t[f"signed_centers_{side}"],
+                                     t[f"signed_log_widths_{side}"], t[f"signed_amps_{side}"], temperature,
+                                     config.kernel)  # fmt: skip
+    return torch.cat([bumps, signed], dim=1)
 
 
 GENERATOR = ("latent_A", "latent_B", "centers_A", "centers_B", "log_widths_A", "log_widths_B", "amps_A", "amps_B")
-POSITIONS = ("positions_A", "positions_B")  # the signed reading's fixed kernel positions (buffers)
+# mixed (g >= 2): the signed rows' values and kernels, beside GENERATOR's (the bump rows')
+SIGNED_PART = ("signed_latent_A", "signed_latent_B", "signed_centers_A", "signed_centers_B", "signed_log_widths_A",
+               "signed_log_widths_B", "signed_amps_A", "signed_amps_B")  # fmt: skip
+POSITIONS = ("positions_A", "positions_B")  # the signed rows' fixed kernel positions (buffers)
+
+
+def generator_names(config: GenLoRAConfig) -> tuple[str, ...]:
+    """The trained generator tensors of a layer of this config, in order."""
+    return GENERATOR + (SIGNED_PART if config.parts()[1] else ())
+
+
+def has_positions(config: GenLoRAConfig) -> bool:
+    """Whether the layers keep fixed kernel positions (signed rows: the signed reading, or mixed's part)."""
+    return config.reading == "signed" or config.parts()[1] > 0
 
 
 class GenLoRAGroup(nn.Module):
@@ -341,12 +374,13 @@ class GenLoRAGroup(nn.Module):
         self.config = layers[0].config
         self.scaling = layers[0].scaling
         self.__dict__["layers"] = list(layers)  # not submodules: they live in the model's blocks
-        for name in GENERATOR:
+        self.names = generator_names(self.config)
+        for name in self.names:
             stacked = torch.stack([layer._parameters[name].detach() for layer in layers])
             self.register_parameter(
                 name, nn.Parameter(stacked, requires_grad=layers[0]._parameters[name].requires_grad)
             )
-        for name in POSITIONS if self.config.reading == "signed" else ():  # fixed, seeded: never saved
+        for name in POSITIONS if has_positions(self.config) else ():  # fixed, seeded: never saved
             self.register_buffer(name, torch.stack([getattr(layer, name) for layer in layers]), persistent=False)
         self._cache: tuple | None = None
 
@@ -421,7 +455,8 @@ def _generator_tensor(name: str) -> property:
 class GenLoRALayer(AdapterLayer):
     """GenLoRA adapter around one layer; parameters are named as in docs/method.md.
 
-    Made on its own, a layer owns its 8 generator tensors. Injected into a model, the layers of one
+    Made on its own, a layer owns its generator tensors (8; ``mixed`` from ``g = 2`` on adds the signed
+    rows' 8, ``signed_*``). Injected into a model, the layers of one
     shape are grouped (:class:`GenLoRAGroup`): the tensors move into the group's stacks and the layer
     reads its slice, under the same names (``layer.latent_A`` is then a view).
     """
@@ -436,6 +471,9 @@ class GenLoRALayer(AdapterLayer):
         "log_widths_B": "width",
         "amps_A": "amp",
         "amps_B": "amp",
+        # mixed: the signed rows are one kind, so adapter_lr_multipliers.signed sets their rate apart from
+        # the bump rows' (they learn at about LoRA's rate, the bump rows at several times it)
+        **dict.fromkeys(SIGNED_PART, "signed"),
     }
     latent_A = _generator_tensor("latent_A")
     latent_B = _generator_tensor("latent_B")
@@ -445,6 +483,14 @@ class GenLoRALayer(AdapterLayer):
     log_widths_B = _generator_tensor("log_widths_B")
     amps_A = _generator_tensor("amps_A")
     amps_B = _generator_tensor("amps_B")
+    signed_latent_A = _generator_tensor("signed_latent_A")
+    signed_latent_B = _generator_tensor("signed_latent_B")
+    signed_centers_A = _generator_tensor("signed_centers_A")
+    signed_centers_B = _generator_tensor("signed_centers_B")
+    signed_log_widths_A = _generator_tensor("signed_log_widths_A")
+    signed_log_widths_B = _generator_tensor("signed_log_widths_B")
+    signed_amps_A = _generator_tensor("signed_amps_A")
+    signed_amps_B = _generator_tensor("signed_amps_B")
 
     def __init__(self, base_layer: nn.Module, config: GenLoRAConfig, path: str) -> None:
         super().__init__(base_layer, config, path)
@@ -454,11 +500,21 @@ class GenLoRALayer(AdapterLayer):
         shapes = {"latent_A": (n, g), "latent_B": (m, g), "centers_A": (r, g), "centers_B": (r, g)}
         shapes |= {name: (r,) for name in ("log_widths_A", "log_widths_B")}
         shapes |= {name: (r, g) if signed else (r,) for name in ("amps_A", "amps_B")}
-        for name in GENERATOR:
+        positions = g
+        if config.reading == "mixed":  # bump rows over one trained position, signed rows over g - 1 values
+            bumps, rows = config.parts()
+            positions = g - 1
+            shapes |= {"latent_A": (n, 1), "latent_B": (m, 1), "centers_A": (bumps, 1), "centers_B": (bumps, 1)}
+            shapes |= {name: (bumps,) for name in ("log_widths_A", "log_widths_B", "amps_A", "amps_B")}
+            signed = {"latent_A": (n, g - 1), "latent_B": (m, g - 1), "centers_A": (rows, g - 1),
+                      "centers_B": (rows, g - 1), "log_widths_A": (rows,), "log_widths_B": (rows,),
+                      "amps_A": (rows, g - 1), "amps_B": (rows, g - 1)}  # fmt: skip
+            shapes |= {f"signed_{name}": shape for name, shape in signed.items()}
+        for name in generator_names(config):
             self.register_parameter(name, nn.Parameter(torch.empty(*shapes[name], device=device, dtype=torch.float32)))
-        if signed:  # the kernels' fixed positions: regenerated from the seed, so never saved
-            self.register_buffer("positions_A", torch.empty(n, g, device=device), persistent=False)
-            self.register_buffer("positions_B", torch.empty(m, g, device=device), persistent=False)
+        if has_positions(config):  # the kernels' fixed positions: regenerated from the seed, so never saved
+            self.register_buffer("positions_A", torch.empty(n, positions, device=device), persistent=False)
+            self.register_buffer("positions_B", torch.empty(m, positions, device=device), persistent=False)
         if device.type != "meta":
             self.reset_parameters()
 
@@ -467,8 +523,8 @@ class GenLoRALayer(AdapterLayer):
         return self.__dict__.get("_group")
 
     def generator_tensors(self) -> dict[str, torch.Tensor]:
-        """The 8 generator tensors of this layer by name (views into the group's stacks once grouped)."""
-        return {name: getattr(self, name) for name in GENERATOR}
+        """The generator tensors of this layer by name (views into the group's stacks once grouped)."""
+        return {name: getattr(self, name) for name in generator_names(self.config)}
 
     def adapter_parameters(self) -> dict[str, nn.Parameter]:
         """Its own parameters, or, once grouped, its group's stacked ones (shared with the group's
@@ -481,7 +537,7 @@ class GenLoRALayer(AdapterLayer):
         if group is None:
             return super().num_trainable()
         # from the stacks' global shapes: under FSDP2 they are sharded DTensors
-        return sum(math.prod(group._parameters[name].shape[1:]) for name in GENERATOR)
+        return sum(math.prod(group._parameters[name].shape[1:]) for name in group.names)
 
     def initial_parameters(self) -> dict[str, torch.Tensor]:
         """The seeded initial values (CPU, fp32); deterministic, so drift needs no stored copy.
@@ -493,45 +549,78 @@ class GenLoRALayer(AdapterLayer):
         r, g = cfg.r, cfg.group_size
         gen = self.generator()
         cpu = torch.device("cpu")
+        if cfg.reading == "mixed":
+            return self._initial_mixed(gen)
         latent_a = torch.randn(self.in_features, g, generator=gen, device=cpu)
         latent_b = torch.randn(self.out_features, g, generator=gen, device=cpu)
         # signed: the N(0, I) draws are the kernels' positions; the latents start as LoRA's factors
-
-        def centers_on(points: torch.Tensor) -> torch.Tensor:
-            # Each centre starts on a latent point, so every RBF reaches at least one coordinate.
-            p = points.shape[0]
-            if p >= r:
-                start = torch.randperm(p, generator=gen, device=cpu)[:r]
-                return points[kmeans_points(points, start) if cfg.center_init == "kmeans" else start].clone()
-            idx = torch.randint(p, (r,), generator=gen, device=cpu)
-            return points[idx] + 0.01 * torch.randn(r, g, generator=gen, device=cpu)
-
-        centers_a, centers_b = centers_on(latent_a), centers_on(latent_b)
+        centers_a, centers_b = self._centers_on(latent_a, r, gen), self._centers_on(latent_b, r, gen)
         if cfg.reading == "signed":
-            return self._initial_signed(latent_a, latent_b, centers_a, centers_b, gen)
-        log_width = torch.full((r,), math.log(cfg.width0 * r ** (1.0 / g)), device=cpu)
+            return {"positions_A": latent_a, "positions_B": latent_b,
+                    **self._initial_signed(latent_a, latent_b, centers_a, centers_b, gen)}  # fmt: skip
+        return {"latent_A": latent_a, "latent_B": latent_b, **self._initial_bumps(latent_a, centers_a, centers_b)}
+
+    def _centers_on(self, points: torch.Tensor, count: int, gen: torch.Generator) -> torch.Tensor:
+        """``count`` centres, each on one of ``points (p, g)``, so every RBF reaches at least one coordinate;
+        with fewer points than centres, drawn with replacement and jittered."""
+        cpu, p = torch.device("cpu"), points.shape[0]
+        if p >= count:
+            start = torch.randperm(p, generator=gen, device=cpu)[:count]
+            return points[kmeans_points(points, start) if self.config.center_init == "kmeans" else start].clone()
+        idx = torch.randint(p, (count,), generator=gen, device=cpu)
+        return points[idx] + 0.01 * torch.randn(count, points.shape[1], generator=gen, device=cpu)
+
+    def _initial_bumps(self, points_a, centers_a, centers_b) -> dict[str, torch.Tensor]:
+        """The bump rows' start over the latent points ``points_a (n, g)`` of ``A``: widths
+        ``eps = width0 r^(1/g)``, each row of ``A`` at a LoRA row's norm, ``B = 0`` (zero amplitudes)."""
+        cpu, (r, g) = torch.device("cpu"), centers_a.shape
+        log_width = torch.full((r,), math.log(self.config.width0 * r ** (1.0 / g)), device=cpu)
         # Row i of A gets the l2 norm of a Kaiming-uniform(a=sqrt(5)) LoRA row: 1/sqrt(3).
-        rows = generate(latent_a, centers_a, log_width, torch.ones(r, device=cpu), 1.0, cfg.kernel)
-        amps_a = 1.0 / (math.sqrt(3.0) * rows.norm(dim=1))
+        rows = generate(points_a, centers_a, log_width, torch.ones(r, device=cpu), 1.0, self.config.kernel)
         return {
-            "latent_A": latent_a,
-            "latent_B": latent_b,
             "centers_A": centers_a,
             "centers_B": centers_b,
             "log_widths_A": log_width.clone(),
             "log_widths_B": log_width.clone(),
-            "amps_A": amps_a,
+            "amps_A": 1.0 / (math.sqrt(3.0) * rows.norm(dim=1)),
             "amps_B": torch.zeros(r, device=cpu),  # B = 0, so the injected model computes what the base did
         }
 
+    def _initial_mixed(self, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """The mixed reading's start: ``latent`` N(0, 1), the bump rows' points, started as ``bumps`` at
+        ``g = 1`` starts; ``signed_latent`` (``g - 1`` values a coordinate) and the signed rows' kernels
+        started as ``signed`` starts them over fixed N(0, I) positions (``A``'s values Kaiming-uniform,
+        ``B``'s zero)."""
+        cpu, (bumps, rows), g = torch.device("cpu"), self.config.parts(), self.config.group_size
+        m, n = self.out_features, self.in_features
+        points_a = torch.randn(n, 1, generator=gen, device=cpu)
+        points_b = torch.randn(m, 1, generator=gen, device=cpu)
+        centers = self._centers_on(points_a, bumps, gen), self._centers_on(points_b, bumps, gen)
+        out = self._initial_bumps(points_a, *centers)
+        if not rows:
+            return {"latent_A": points_a, "latent_B": points_b, **out}
+        positions_a = torch.randn(n, g - 1, generator=gen, device=cpu)
+        positions_b = torch.randn(m, g - 1, generator=gen, device=cpu)
+        centers_a, centers_b = self._centers_on(positions_a, rows, gen), self._centers_on(positions_b, rows, gen)
+        signed = self._initial_signed(positions_a, positions_b, centers_a, centers_b, gen)
+        out |= {f"signed_{name}": value for name, value in signed.items()}
+        return {
+            **out,
+            "latent_A": points_a,
+            "latent_B": points_b,
+            "positions_A": positions_a,
+            "positions_B": positions_b,
+        }
+
     def _initial_signed(self, positions_a, positions_b, centers_a, centers_b, gen) -> dict[str, torch.Tensor]:
-        """The signed reading's start: ``latent_A`` Kaiming-uniform like LoRA's ``A`` (entries within
-        +-1/sqrt(n)), ``latent_B = 0`` like LoRA's ``B`` (so ``B = 0``), amplitudes with orthonormal
-        columns, the same on both sides (so flat kernels give exactly LoRA of rank g), and kernel widths
-        ``eps = width0 r^(1/g) / sqrt(2g)`` (``2g`` is the mean squared distance of two N(0, I)
-        positions: no g starves its kernels) spread over two decades below it (:data:`WIDTH_SPREAD`)."""
+        """The signed rows' start over ``positions_* (p, g)`` with ``centers_* (r, g)``: ``latent_A``
+        Kaiming-uniform like LoRA's ``A`` (entries within +-1/sqrt(n)), ``latent_B = 0`` like LoRA's ``B``
+        (so ``B = 0``), amplitudes with orthonormal columns, the same on both sides (so flat kernels give
+        exactly LoRA of rank g), and kernel widths ``eps = width0 r^(1/g) / sqrt(2g)`` (``2g`` is the mean
+        squared distance of two N(0, I) positions: no g starves its kernels) spread over two decades below
+        it (:data:`WIDTH_SPREAD`)."""
         cfg, cpu = self.config, torch.device("cpu")
-        r, g = cfg.r, cfg.group_size
+        r, g = centers_a.shape
         bound = 1.0 / math.sqrt(self.in_features)
         # Both sides' amplitudes start as one (r, g) matrix D with orthonormal columns (D^T D = I_g), so
         # with flat kernels dW = s latent_B D^T D latent_A^T = s latent_B latent_A^T: exactly LoRA of
@@ -547,8 +636,6 @@ class GenLoRALayer(AdapterLayer):
             latent_b = torch.empty(self.out_features, g, device=cpu).uniform_(-bound, bound, generator=gen)
             amps_b = torch.zeros_like(amps)
         return {
-            "positions_A": positions_a,
-            "positions_B": positions_b,
             "latent_A": latent_a,
             "latent_B": latent_b,
             "centers_A": centers_a,
@@ -670,7 +757,7 @@ class GenLoRALayer(AdapterLayer):
             group = GenLoRAGroup(members)
             group.__dict__["_at"] = f"{at}{GROUPS}.g{number}."  # its state-dict prefix below the model's
             for index, layer in enumerate(members):
-                for name in GENERATOR:
+                for name in group.names:
                     del layer._parameters[name]
                 layer.__dict__["_group"], layer.__dict__["_index"] = group, index
             group.register_state_dict_post_hook(_per_layer_state)
@@ -693,7 +780,7 @@ class GenLoRALayer(AdapterLayer):
         for group in groups.values():
             for index, layer in enumerate(group.layers):
                 layer.__dict__.pop("_group"), layer.__dict__.pop("_index")
-                for name in GENERATOR:
+                for name in group.names:
                     source = group._parameters[name]
                     value = source.full_tensor() if hasattr(source, "full_tensor") else source
                     layer.register_parameter(name, nn.Parameter(value[index].detach().clone(), source.requires_grad))
@@ -730,7 +817,7 @@ def _per_layer_state(group: GenLoRAGroup, state: dict, prefix: str, metadata: ob
     """State-dict post-hook of a group: its stacks leave, each layer's slice appears under the layer's
     own name, as if the layer still owned it (files keep their format)."""
     root = _root_prefix(prefix, group.__dict__["_at"])
-    for name in GENERATOR:
+    for name in group.names:
         value = state.pop(prefix + name)
         if hasattr(value, "full_tensor"):  # FSDP2 shards the stacks with the root: gather them (collective)
             value = value.full_tensor()
@@ -757,7 +844,7 @@ def _stack_per_layer_state(model: nn.Module, state: dict, prefix: str, *args: ob
     """Load-state-dict pre-hook of the model: per-layer tensors in ``state`` are put into the
     stacks they belong to (a layer missing from ``state`` keeps its current values)."""
     for group in groups_of(model).values():
-        for name in GENERATOR:
+        for name in group.names:
             keys = [f"{prefix}{path}.{name}" for path in group.paths]
             if not any(k in state for k in keys):
                 continue

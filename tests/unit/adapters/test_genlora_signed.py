@@ -121,7 +121,7 @@ def test_files_written_before_the_option_read_as_bumps():
 
 
 def test_bad_reading_names_the_valid_ones():
-    with pytest.raises(ValueError, match=r"reading='signd' is not valid; choose one of signed, bumps\."):
+    with pytest.raises(ValueError, match=r"reading='signd' is not valid; choose one of signed, bumps, mixed\."):
         GenLoRAConfig(reading="signd")
 
 

@@ -159,3 +159,23 @@ def test_a_genlora_reading_takes_its_own_rate_and_a_table_without_it_is_refused(
     with pytest.raises(ValueError, match=r"^adapter_lr gives rates for genlora, lora but the adapters are "
                        r"genlora_signed; add model.adapter_lr.genlora_signed \(or give one number\)\.$"):  # fmt: skip
         adapter_rates({"genlora": 2e-2, "lora": 3e-3}, "signed")
+
+
+def test_the_mixed_reading_s_signed_rows_train_in_a_group_of_their_own():
+    m = module(adapter_lr=1e-2, adapter_lr_multipliers={"signed": 0.3})
+    options = {"reading": "mixed", "group_size": 2}
+    m.adapt_backbone("genlora", AdapterCallback(method="genlora", r=8, target_modules=TARGETS, options=options).inject)
+    m.configure_model()
+    groups = {g["name"]: g for g in m.configure_optimizers().param_groups}
+    assert list(groups) == [
+        "head",
+        "adapter.amp",
+        "adapter.center",
+        "adapter.latent",
+        "adapter.signed",
+        "adapter.width",
+    ]
+    assert groups["adapter.signed"]["lr"] == pytest.approx(3e-3) and groups["adapter.latent"]["lr"] == 1e-2
+    signed = {id(p) for layer in adapter_layers(m.backbone).values() for n, p in layer.adapter_parameters().items()
+              if n.startswith("signed_")}  # fmt: skip
+    assert {id(p) for p in groups["adapter.signed"]["params"]} == signed and len(signed) == 2 * 8  # 2 shape groups
