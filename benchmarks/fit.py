@@ -14,7 +14,8 @@ of ``T L`` is LoRA's optimum, so what LoRA can reach is known exactly).
 
 Methods are matched by budget: LoRA r = 1, 2, 8 (``--budgets``), DoRA at the same ranks (its
 magnitudes make it larger: its count is printed), and GenLoRA at r=32 (``--genlora-r``) in each
-reading with the largest group size whose parameters are <= 1.2x LoRA's at that rank.
+reading with the largest group size whose parameters are <= 1.2x LoRA's at that rank (``mixed`` at twice
+that rank from g=2 on: half its basis vectors are bumps).
 
 Targets: ``rank1`` (a generic rank-1 matrix), ``rank8`` (generic rank 8), ``spectrum`` (singular
 values 1/i over 64 random directions); every target has unit Frobenius norm and comes from
@@ -143,19 +144,22 @@ def methods(
     for r in budgets:
         out.append({"name": f"LoRA r={r}", "adapter": "lora", "options": {"r": r}, "budget": r})
         out.append({"name": f"DoRA r={r}", "adapter": "dora", "options": {"r": r}, "budget": r})
-        for reading in ("signed", "bumps"):
+        for reading in ("signed", "bumps", "mixed"):
+            # mixed: half its basis vectors are bump rows, so it has twice genlora_r to keep bumps' count of
+            # them; at g=1 it is all bumps, the bumps reading itself (left out: the same fit twice)
+            rank = 2 * genlora_r if reading == "mixed" else genlora_r
             fits = [
-                g for g in range(1, 65)
-                if GenLoRAConfig(r=genlora_r, group_size=g, reading=reading).num_parameters(m, n) <= SLACK * r * (m + n)
+                g for g in range(2 if reading == "mixed" else 1, 65)
+                if GenLoRAConfig(r=rank, group_size=g, reading=reading).num_parameters(m, n) <= SLACK * r * (m + n)
             ]  # fmt: skip
             if fits:
                 g = fits[-1]
-                options = {"r": genlora_r, "group_size": g, "reading": reading, **extra}
+                options = {"r": rank, "group_size": g, "reading": reading, **extra}
                 try:
                     GenLoRAConfig(**options)
                 except ValueError:
-                    continue  # an option of the other reading only (width_spread, kernel_norm)
-                name = f"GenLoRA {reading} r={genlora_r} g={g}{suffix}"
+                    continue  # an option of another reading only (width_spread, kernel_norm)
+                name = f"GenLoRA {reading} r={rank} g={g}{suffix}"
                 out.append({"name": name, "adapter": "genlora", "options": options, "budget": r})
     return [x for x in out if not families or any(x["name"].startswith(f) for f in families)]
 
@@ -358,7 +362,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         memory = t.startswith("memory")
         found = {(k[2], k[3]): v for k, v in best.items() if k[:2] == (shape, t)}
         params = {name: v["params"] for (name, _), v in found.items()}
-        for family, style in (("LoRA", "o-"), ("DoRA", "s:"), ("GenLoRA signed", "^-"), ("GenLoRA bumps", "v--")):
+        families = (("LoRA", "o-"), ("DoRA", "s:"), ("GenLoRA signed", "^-"), ("GenLoRA bumps", "v--"),
+                    ("GenLoRA mixed", "D-"))  # fmt: skip
+        for family, style in families:
             names = sorted((n for n in params if n.startswith(family)), key=params.get)
             ys = [statistics.fmean(v["recall" if memory else "residual"] for (n, _), v in found.items() if n == name)
                   for name in names]  # fmt: skip
@@ -461,13 +467,15 @@ def main() -> None:
         unknown = [k for k in extra if k not in known]
         if unknown:
             parser.error(f"--genlora-option {unknown[0]!r} is not a GenLoRA option; choose from {', '.join(known)}.")
+        from genlora_pl.adapters.genlora import READINGS
+
         errors = []
-        for reading in ("signed", "bumps"):
+        for reading in READINGS:
             try:
                 GenLoRAConfig(reading=reading, **extra)
             except (TypeError, ValueError) as e:
                 errors.append(str(e))
-        if len(errors) == 2:
+        if len(errors) == len(READINGS):
             parser.error(f"--genlora-option {' '.join(args.genlora_option)!r} is not valid: {errors[0]}")
     torch.set_num_threads(args.threads)
     from genlora_pl.console import quiet

@@ -41,7 +41,16 @@ from typing import Any
 import torch
 from torch import nn
 
-METHODS = ("lower bound", "GenLoRA", "GenLoRA signed", "LoRA", "PEFT LoRA")  # GenLoRA: the default reading
+METHODS = ("lower bound", "GenLoRA", "GenLoRA signed", "GenLoRA mixed", "LoRA", "PEFT LoRA")  # GenLoRA: the default
+# Each GenLoRA reading's options; mixed at twice the rank, so its bump rows are as many as the others' rows
+READINGS = {"GenLoRA": {}, "GenLoRA signed": {"reading": "signed"}, "GenLoRA mixed": {"reading": "mixed"}}
+
+
+def genlora_options(method: str, rank: int) -> dict[str, Any]:
+    """A GenLoRA method's config options at the benchmark's rank (``mixed``: twice it)."""
+    return {"r": 2 * rank if method == "GenLoRA mixed" else rank, **READINGS[method]}
+
+
 INFERENCE = ("bare", "GenLoRA merged", "GenLoRA merge_and_unload")
 
 
@@ -99,8 +108,8 @@ def build(name: str, method: str, device: str, rank: int) -> tuple[nn.Module, to
         )
     else:
         if method.startswith("GenLoRA"):
-            options = {"reading": "signed"} if method == "GenLoRA signed" else {}
-            config = GenLoRAConfig(r=rank, target_modules="all-linear", modules_to_save=heads, **options)
+            options = genlora_options(method, rank)
+            config = GenLoRAConfig(target_modules="all-linear", modules_to_save=heads, **options)
         else:
             config = LoRAConfig(r=rank, target_modules="all-linear", modules_to_save=heads)
         inject_adapters(model, config)
@@ -231,12 +240,13 @@ def op_counts(args: argparse.Namespace) -> list[str]:
 
     inputs, labels = batch("vit", 1, args.tokens, args.device)
     rows = []
-    readings = {"GenLoRA": {}, "GenLoRA signed": {"reading": "signed"}}  # the default reading, and signed
-    for method in ("frozen backbone, head trained", "LoRA", *readings, "PEFT LoRA"):
+    for method in ("frozen backbone, head trained", "LoRA", *READINGS, "PEFT LoRA"):
         model = backbone("vit")
-        if method == "LoRA" or method in readings:
-            cls, extra = (GenLoRAConfig, readings[method]) if method in readings else (LoRAConfig, {})
-            inject_adapters(model, cls(r=args.rank, target_modules=OPS_TARGETS, modules_to_save=["head"], **extra))
+        if method == "LoRA" or method in READINGS:
+            cls, extra = (GenLoRAConfig, genlora_options(method, args.rank)) if method in READINGS else (LoRAConfig, {})
+            inject_adapters(
+                model, cls(**{"r": args.rank, **extra}, target_modules=OPS_TARGETS, modules_to_save=["head"])
+            )
         elif method == "PEFT LoRA":
             from peft import LoraConfig, get_peft_model
 

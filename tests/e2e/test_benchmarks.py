@@ -175,7 +175,8 @@ def test_speed_prints_every_figure_for_minilm():
         str(ROOT / "benchmarks" / "speed.py"), "--backbones", "minilm", "--rounds", "1", "--warmup", "0",
         "--text-batch", "2", "--tokens", "8",
     )  # fmt: skip
-    rows = ("| lower bound |", "| GenLoRA |", "| GenLoRA signed |", "| LoRA |", "| PEFT LoRA |", "| GenLoRA merged |")
+    rows = ("| lower bound |", "| GenLoRA |", "| GenLoRA signed |", "| GenLoRA mixed |", "| LoRA |", "| PEFT LoRA |",
+            "| GenLoRA merged |")  # fmt: skip
     for row in (*rows, "Spectra"):
         assert row in stdout, row
     timed = [line.split("|") for line in stdout.splitlines() if line.startswith("| GenLoRA | ")]
@@ -211,8 +212,10 @@ def test_fit_scores_methods_on_matrices_and_refuses_a_bad_shape(tmp_path):
     best = {}
     for r in rows:
         best[r["method"]] = min(best.get(r["method"], 9.0), r["residual"])
-    # at LoRA r=8's budget on 64 x 64: signed g=4 (1,088 params), bumps g=5 (1,088), LoRA and DoRA r=8
-    assert set(best) == {"LoRA r=8", "DoRA r=8", "GenLoRA signed r=32 g=4", "GenLoRA bumps r=32 g=5"}
+    # at LoRA r=8's budget on 64 x 64: signed g=4 (1,088 params), bumps g=5 (1,088), mixed at twice the rank g=4
+    # (1,152), LoRA and DoRA r=8
+    assert set(best) == {"LoRA r=8", "DoRA r=8", "GenLoRA signed r=32 g=4", "GenLoRA bumps r=32 g=5",
+                         "GenLoRA mixed r=64 g=4"}  # fmt: skip
     assert all(r["floor"] < 1e-3 for r in rows)  # a rank-1 target: every rank-8 budget can hold it
     assert best["LoRA r=8"] < 0.05 and best["GenLoRA signed r=32 g=4"] < 0.1
     assert best["GenLoRA bumps r=32 g=5"] > best["GenLoRA signed r=32 g=4"]  # the reason for the signed reading
