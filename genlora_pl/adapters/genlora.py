@@ -115,8 +115,8 @@ class GenLoRAConfig(AdapterConfig):
         return (m + n) * g + 2 * r * ((2 * g + 1) if self.reading == "signed" else (g + 2))
 
     def parts(self) -> tuple[int, int]:
-        """``mixed``: how many basis vectors are bumps over the latent's first coordinate and how many
-        are signed over its other ``g - 1``: half each from ``g = 2`` on, all bumps at ``g = 1``."""
+        """``mixed``: how many basis vectors are bumps over the trained positions and how many are signed
+        over ``g - 1`` values: half each from ``g = 2`` on (``r`` even), all bumps at ``g = 1``."""
         signed = self.r // 2 if self.reading == "mixed" and self.group_size > 1 else 0
         return self.r - signed, signed
 
@@ -134,8 +134,8 @@ class GenLoRAConfig(AdapterConfig):
             raise ValueError(f"center_init={self.center_init!r} is not valid; choose one of {', '.join(CENTER_INITS)}.")
         if self.reading not in READINGS:
             raise ValueError(f"reading={self.reading!r} is not valid; choose one of {', '.join(READINGS)}.")
-        if self.reading == "mixed" and g > 1 and self.r < 2:
-            raise ValueError(f"r={self.r} is not valid with reading='mixed' and group_size={g}; it needs r >= 2 "
+        if self.reading == "mixed" and g > 1 and self.r % 2:
+            raise ValueError(f"r={self.r} is not valid with reading='mixed' and group_size={g}; give an even r "
                              "(half the basis vectors are bumps, half signed).")  # fmt: skip
         if not isinstance(self.kernel_norm, bool):
             raise ValueError(f"kernel_norm={self.kernel_norm!r} is not valid; give true or false.")
@@ -243,6 +243,38 @@ def unit_rms(k: torch.Tensor) -> torch.Tensor:
     return k / k.pow(2).mean(-1, keepdim=True).sqrt().clamp_min(1e-12)
 
 
+def _rbf_forward(points, centers, log_widths, amps, temperature, kernel: str):
+    """``amps[l, i] * k(eps2[l, i] * d2[l, i, j])`` for ``points (L, p, g)``, ``centers (L, r, g)``,
+    ``log_widths`` and ``amps`` ``(L, r)``, ``temperature (L,)``, and what the backward needs:
+    ``(out, eps2, d2, k)``."""
+    eps2 = torch.exp(2.0 * log_widths) / (temperature * temperature)[:, None]  # (L, r)
+    norms = (centers * centers).sum(-1)[:, :, None] + (points * points).sum(-1)[:, None, :]  # (L, r, p)
+    d2 = torch.baddbmm(norms, centers, points.transpose(1, 2), alpha=-2.0)  # may round below 0
+    k = rbf(eps2[:, :, None] * d2.clamp_min(0.0), kernel)  # (L, r, p)
+    return amps[:, :, None] * k, eps2, d2, k
+
+
+def _rbf_backward(grad, points, centers, amps, eps2, d2, k, kernel: str, with_points: bool):
+    """The gradients of :func:`_rbf_forward`'s output: ``(points or None, centers, log_widths, amps)``."""
+    grad_amps = (grad * k).sum(-1)  # (L, r)
+    dk = grad * amps[:, :, None]
+    if kernel == "gaussian":  # k = exp(-t2), zero past the cut-off (and so is its slope)
+        dt2 = -dk * k
+    elif kernel == "inverse_quadratic":  # k = 1 / (1 + t2)
+        dt2 = -dk * k * k
+    else:  # inverse_multiquadric: k = (1 + t2)^(-1/2)
+        dt2 = -0.5 * dk * k * k * k
+    d2c = d2.clamp_min(0.0)
+    grad_log_widths = 2.0 * eps2 * (dt2 * d2c).sum(-1)  # d eps2 / d log_w = 2 eps2
+    dd2 = dt2 * eps2[:, :, None] * (d2 >= 0)  # clamp_min lets the gradient through where d2 >= 0
+    # d2 = |c|^2 + |u|^2 - 2 c.u
+    grad_centers = 2.0 * (centers * dd2.sum(-1)[:, :, None] - torch.bmm(dd2, points))
+    grad_points = None
+    if with_points:  # the signed reading's positions are fixed: no gradient to form
+        grad_points = 2.0 * (points * dd2.sum(1)[:, :, None] - torch.bmm(dd2.transpose(1, 2), centers))
+    return grad_points, grad_centers, grad_log_widths, grad_amps
+
+
 class _BatchedRBF(torch.autograd.Function):
     """``L`` generated matrices at once: ``out[l, i, j] = amps[l, i] * k(eps2[l, i] * d2[l, i, j])``.
 
@@ -253,35 +285,58 @@ class _BatchedRBF(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, points, centers, log_widths, amps, temperature, kernel: str):  # type: ignore[override]
-        # points (L, p, g), centers (L, r, g), log_widths (L, r), amps (L, r), temperature (L,)
-        eps2 = torch.exp(2.0 * log_widths) / (temperature * temperature)[:, None]  # (L, r)
-        norms = (centers * centers).sum(-1)[:, :, None] + (points * points).sum(-1)[:, None, :]  # (L, r, p)
-        d2 = torch.baddbmm(norms, centers, points.transpose(1, 2), alpha=-2.0)  # may round below 0
-        k = rbf(eps2[:, :, None] * d2.clamp_min(0.0), kernel)  # (L, r, p)
+        out, eps2, d2, k = _rbf_forward(points, centers, log_widths, amps, temperature, kernel)
         ctx.save_for_backward(points, centers, amps, eps2, d2, k)
         ctx.kernel = kernel
-        return amps[:, :, None] * k
+        return out
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
-        points, centers, amps, eps2, d2, k = ctx.saved_tensors
-        grad_amps = (grad * k).sum(-1)  # (L, r)
-        dk = grad * amps[:, :, None]
-        if ctx.kernel == "gaussian":  # k = exp(-t2), zero past the cut-off (and so is its slope)
-            dt2 = -dk * k
-        elif ctx.kernel == "inverse_quadratic":  # k = 1 / (1 + t2)
-            dt2 = -dk * k * k
-        else:  # inverse_multiquadric: k = (1 + t2)^(-1/2)
-            dt2 = -0.5 * dk * k * k * k
-        d2c = d2.clamp_min(0.0)
-        grad_log_widths = 2.0 * eps2 * (dt2 * d2c).sum(-1)  # d eps2 / d log_w = 2 eps2
-        dd2 = dt2 * eps2[:, :, None] * (d2 >= 0)  # clamp_min lets the gradient through where d2 >= 0
-        # d2 = |c|^2 + |u|^2 - 2 c.u
-        grad_centers = 2.0 * (centers * dd2.sum(-1)[:, :, None] - torch.bmm(dd2, points))
-        grad_points = None
-        if ctx.needs_input_grad[0]:  # the signed reading's positions are fixed: no gradient to form
-            grad_points = 2.0 * (points * dd2.sum(1)[:, :, None] - torch.bmm(dd2.transpose(1, 2), centers))
-        return grad_points, grad_centers, grad_log_widths, grad_amps, None, None
+        grads = _rbf_backward(grad, *ctx.saved_tensors, ctx.kernel, ctx.needs_input_grad[0])
+        return *grads, None, None
+
+
+class _MixedRBF(torch.autograd.Function):
+    """The mixed reading's ``L`` matrices: bump rows ``amps[l, i] k(...)`` over the trained ``points
+    (L, p, 1)``, then as many signed rows ``(signed_amps[l, i] . values[l, j]) k(...)`` over the fixed
+    ``positions (L, p, h)``. Both parts' kernels come from one :func:`_rbf_forward` over ``2 L`` matrices
+    (the bump points and centres padded with zeros to ``h`` coordinates, which leaves their distances
+    as they are), and the backward is written out as :class:`_BatchedRBF`'s is: the reading then
+    launches about as many kernels per step as one reading does, not two readings' worth."""
+
+    @staticmethod
+    def forward(ctx, points, centers, log_widths, amps, positions, values, signed_centers, signed_log_widths,  # type: ignore[override]
+                signed_amps, temperature, kernel: str):  # fmt: skip
+        L, h = points.shape[0], positions.shape[-1]
+        if h > 1:  # (at h = 1 nothing to pad: no op launched for it)
+            points, centers = nn.functional.pad(points, (0, h - 1)), nn.functional.pad(centers, (0, h - 1))
+        x = torch.cat([points, positions])  # (2 L, p, h)
+        c = torch.cat([centers, signed_centers])  # (2 L, r / 2, h)
+        a = torch.cat([amps, torch.ones_like(signed_log_widths)])  # the signed rows' kernels alone
+        out, eps2, d2, k = _rbf_forward(
+            x, c, torch.cat([log_widths, signed_log_widths]), a, temperature.repeat(2), kernel
+        )
+        v = torch.bmm(signed_amps, values.transpose(1, 2))  # (L, r / 2, p): the signed rows' values
+        ctx.save_for_backward(x, c, a, eps2, d2, k, values, signed_amps, v)
+        ctx.kernel = kernel
+        bumps, signed = out.split(L)  # (split: one op for both views, where two slices are two)
+        return torch.cat([bumps, signed * v], dim=1)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, c, a, eps2, d2, k, values, signed_amps, v = ctx.saved_tensors
+        L, half = values.shape[0], c.shape[1]
+        grad_bumps, grad_signed = grad.split(half, dim=1)
+        grad_v = grad_signed * k[L:]  # (L, r / 2, p)
+        grad_signed_amps = torch.bmm(grad_v, values)
+        grad_values = torch.bmm(grad_v.transpose(1, 2), signed_amps)
+        grad_kernels = torch.cat([grad_bumps, grad_signed * v])  # of a * k, over the 2 L matrices
+        grad_x, grad_c, grad_lw, grad_a = _rbf_backward(grad_kernels, x, c, a, eps2, d2, k, ctx.kernel, True)
+        grad_points, (grad_centers, grad_signed_centers), grad_lw = grad_x[:L], grad_c.split(L), grad_lw.split(L)
+        if x.shape[-1] > 1:  # the padded coordinates' gradients go nowhere
+            grad_points, grad_centers = grad_points[..., :1], grad_centers[..., :1]
+        return (grad_points, grad_centers, grad_lw[0], grad_a[:L], None, grad_values, grad_signed_centers, grad_lw[1],
+                grad_signed_amps, None, None)  # fmt: skip
 
 
 def generate_batched(
@@ -324,14 +379,34 @@ def generate_factor(config: GenLoRAConfig, t: dict[str, torch.Tensor], side: str
         return generate_signed_batched(t[f"positions_{side}"], t[f"latent_{side}"], t[f"centers_{side}"],
                                        t[f"log_widths_{side}"], t[f"amps_{side}"], temperature, config.kernel,
                                        config.kernel_norm)  # fmt: skip
-    bumps = generate_batched(t[f"latent_{side}"], t[f"centers_{side}"], t[f"log_widths_{side}"], t[f"amps_{side}"],
-                             temperature, config.kernel)  # fmt: skip
     if config.reading == "bumps" or config.group_size == 1:
-        return bumps
-    signed = generate_signed_batched(t[f"positions_{side}"], t[f"signed_latent_{side}"], t[f"signed_centers_{side}"],
-                                     t[f"signed_log_widths_{side}"], t[f"signed_amps_{side}"], temperature,
-                                     config.kernel)  # fmt: skip
-    return torch.cat([bumps, signed], dim=1)
+        return generate_batched(t[f"latent_{side}"], t[f"centers_{side}"], t[f"log_widths_{side}"],
+                                t[f"amps_{side}"], temperature, config.kernel)  # fmt: skip
+    return generate_mixed_batched(*(t[f"{name}_{side}"] for name in MIXED_INPUTS), temperature, config.kernel)
+
+
+MIXED_INPUTS = ("latent", "centers", "log_widths", "amps", "positions", "signed_latent", "signed_centers",
+                "signed_log_widths", "signed_amps")  # fmt: skip
+
+
+def generate_mixed_batched(
+    points: torch.Tensor,
+    centers: torch.Tensor,
+    log_widths: torch.Tensor,
+    amps: torch.Tensor,
+    positions: torch.Tensor,
+    values: torch.Tensor,
+    signed_centers: torch.Tensor,
+    signed_log_widths: torch.Tensor,
+    signed_amps: torch.Tensor,
+    temperature: torch.Tensor,
+    kernel: str,
+) -> torch.Tensor:
+    """The mixed reading's ``(L, r, p)``, in fp32: :func:`generate_batched`'s bump rows over ``points
+    (L, p, 1)``, then :func:`generate_signed_batched`'s signed rows over ``positions`` with ``values
+    (L, p, h)``, as many of each (:class:`_MixedRBF`)."""
+    inputs = (points, centers, log_widths, amps, positions, values, signed_centers, signed_log_widths, signed_amps)
+    return _MixedRBF.apply(*(t.float() for t in inputs), temperature.float(), kernel)
 
 
 GENERATOR = ("latent_A", "latent_B", "centers_A", "centers_B", "log_widths_A", "log_widths_B", "amps_A", "amps_B")

@@ -162,7 +162,42 @@ def test_mixed_fits_a_direction_and_memorises_beyond_lora_of_its_budget():
     assert recalled["mixed"] > recalled["lora"] + 0.2, recalled
 
 
-def test_a_mixed_reading_needs_two_basis_vectors_from_group_size_two():
-    with pytest.raises(ValueError, match=r"^r=1 is not valid with reading='mixed' and group_size=2; it needs r >= 2"):
-        GenLoRAConfig(reading="mixed", r=1, group_size=2)
+def test_a_mixed_reading_needs_an_even_rank_from_group_size_two():
+    with pytest.raises(ValueError, match=r"^r=7 is not valid with reading='mixed' and group_size=2; give an even r"):
+        GenLoRAConfig(reading="mixed", r=7, group_size=2)
     assert GenLoRAConfig(reading="mixed", r=1, group_size=1).parts() == (1, 0)
+
+
+@pytest.mark.parametrize(("kernel", "h"), [("gaussian", 1), ("gaussian", 3), ("inverse_quadratic", 2),
+                                           ("inverse_multiquadric", 1)])  # fmt: skip
+def test_batched_generation_equals_the_two_references_in_values_and_gradients(kernel, h):
+    from genlora_pl.adapters.genlora import generate_mixed_batched
+
+    torch.manual_seed(0)
+    L, p, half = 3, 37, 6
+    points = torch.randn(L, p, 1).requires_grad_()
+    positions = torch.randn(L, p, h)
+    values = torch.randn(L, p, h).requires_grad_()
+    centers = (points.detach()[:, :half] + 0.05 * torch.randn(L, half, 1)).requires_grad_()
+    signed_centers = (positions[:, :half] + 0.05 * torch.randn(L, half, h)).requires_grad_()
+    log_widths, signed_log_widths = (0.3 * torch.randn(L, half)).requires_grad_(), torch.randn(L, half).requires_grad_()
+    amps, signed_amps = torch.randn(L, half).requires_grad_(), torch.randn(L, half, h).requires_grad_()
+    temperature = torch.tensor([1.0, 1.7, 0.6])
+    weight = torch.randn(L, 2 * half, p)
+    trained = (points, values, centers, signed_centers, log_widths, signed_log_widths, amps, signed_amps)
+    out = generate_mixed_batched(points, centers, log_widths, amps, positions, values, signed_centers,
+                                 signed_log_widths, signed_amps, temperature, kernel)  # fmt: skip
+    (out * weight).sum().backward()
+    got = [t.grad.clone() for t in trained]
+    for t in trained:
+        t.grad = None
+    reference = torch.stack([
+        torch.cat([generate(points[i], centers[i], log_widths[i], amps[i], temperature[i], kernel),
+                   generate_signed(positions[i], values[i], signed_centers[i], signed_log_widths[i], signed_amps[i],
+                                   temperature[i], kernel)])
+        for i in range(L)
+    ])  # fmt: skip
+    torch.testing.assert_close(out, reference, rtol=1e-5, atol=1e-6)
+    (reference * weight).sum().backward()
+    for g_batched, t in zip(got, trained, strict=True):  # fp32 rounding, over the whole tensor
+        assert float((g_batched - t.grad).norm()) <= 1e-5 * float(t.grad.norm())
