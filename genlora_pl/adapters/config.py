@@ -109,6 +109,12 @@ class AdapterConfig:
         readings) adds a key per variant, so a per-method rate table follows whatever variant is chosen."""
         return (self.name,)
 
+    def rate_multipliers(self) -> dict[str, float]:
+        """The method's own factors on ``adapter_lr`` per kind of parameter, applied unless
+        ``model.adapter_lr_multipliers`` gives the kind: for a method whose parts learn at rates of their
+        own, so that one tuned rate trains all of them (GenLoRA's mixed reading)."""
+        return {}
+
     @classmethod
     def options(cls) -> list[str]:
         """The method's own settings: the fields it adds to :class:`AdapterConfig`."""

@@ -48,6 +48,10 @@ READINGS = ("signed", "bumps", "mixed")
 # (at 0.35) to 0.015 (benchmarks/fit.py, before the orthonormal amplitudes, which took it to 0.002).
 WIDTH_SPREAD = 0.01
 ZERO_B = ("latent", "amplitudes")  # signed: which factor of B starts at zero
+# mixed: the signed rows' rate as a share of the adapter rate (the bump rows' rate). On facts (validation, seed 0,
+# at 1e-2, g=8) the signed rows at 0.3x let the bump rows memorise (75 %) and at 0.4x collapse the fit (2.5 %), as
+# LoRA r=8 collapses above 3e-3; on the lexicon 0.3x deciphers 46 %, 0.5x 89 % (benchmarks/investigations.md).
+SIGNED_RATE = 0.3
 
 
 @dataclass
@@ -102,6 +106,11 @@ class GenLoRAConfig(AdapterConfig):
         their own (``signed`` at about LoRA's, ``bumps`` several times it), so a rate table names each."""
         own = f"{self.name}_{self.reading}"
         return (own, self.name) if self.reading == type(self).reading else (own,)
+
+    def rate_multipliers(self) -> dict[str, float]:
+        """``mixed``: the signed rows train at :data:`SIGNED_RATE` times the adapter rate (the bump rows at
+        it); ``model.adapter_lr_multipliers.signed`` sets another share."""
+        return {"signed": SIGNED_RATE} if self.parts()[1] else {}
 
     def num_parameters(self, m: int, n: int) -> int:
         """Trainable numbers of one adapted ``(m, n)`` layer: ``(m + n) g + 2 r (2g + 1)`` (``signed``:

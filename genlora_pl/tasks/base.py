@@ -156,7 +156,9 @@ class AdapterTask(L.LightningModule):
             adapters want a rate several times LoRA's (see benchmarks/investigations.md).
         adapter_weight_decay: weight decay of the adapter parameters; ``null``: the optimizer's.
         adapter_lr_multipliers: per kind of adapter parameter, a factor on ``adapter_lr``:
-            GenLoRA's ``latent``, ``center``, ``width``, ``amp``; LoRA's ``A``, ``B`` (LoRA+ style).
+            GenLoRA's ``latent``, ``center``, ``width``, ``amp`` (and ``signed``: the mixed reading's signed
+            rows, which train at its own default factor unless given here); LoRA's ``A``, ``B`` (LoRA+
+            style).
         freeze_batchnorm: keep every BatchNorm layer in eval mode while training, so it normalises
             with its pretrained running statistics instead of re-estimating them from each small
             batch of the new domain (measured on EfficientNet-Lite0, see benchmarks/investigations.md).
@@ -416,7 +418,12 @@ class AdapterTask(L.LightningModule):
         except ValueError as err:  # torch's own checks: "Invalid learning rate: -1.0"
             raise ValueError(f"model.optimizer.init_args are not valid: {first_line(err)}.") from None
         hp = self.hparams
-        multipliers = hp.get("adapter_lr_multipliers") or {}
+        config = getattr(self.backbone, CONFIG_ATTR, None)
+        # the method's own factors (GenLoRA mixed: its signed rows), under the ones the user gives
+        multipliers = {
+            **(config.rate_multipliers() if config is not None else {}),
+            **(hp.get("adapter_lr_multipliers") or {}),
+        }
         adapter_lr = self.adapter_rate()
         for group in optimizer.param_groups:  # now filled with the optimizer's defaults
             if group["name"].startswith("adapter."):

@@ -179,3 +179,17 @@ def test_the_mixed_reading_s_signed_rows_train_in_a_group_of_their_own():
     signed = {id(p) for layer in adapter_layers(m.backbone).values() for n, p in layer.adapter_parameters().items()
               if n.startswith("signed_")}  # fmt: skip
     assert {id(p) for p in groups["adapter.signed"]["params"]} == signed and len(signed) == 2 * 8  # 2 shape groups
+
+
+@pytest.mark.parametrize(("given", "signed_rate"), [(None, 0.3 * 1e-2), ({"signed": 1.0}, 1e-2), ({"amp": 2.0}, 3e-3)])
+def test_the_mixed_reading_s_signed_rows_take_its_own_factor_unless_one_is_given(given, signed_rate):
+    from genlora_pl.adapters.genlora import SIGNED_RATE
+
+    assert SIGNED_RATE == 0.3  # the figure behind the parametrisation above
+    m = module(adapter_lr=1e-2, adapter_lr_multipliers=given)
+    options = {"reading": "mixed", "group_size": 2}
+    m.adapt_backbone("genlora", AdapterCallback(method="genlora", r=8, target_modules=TARGETS, options=options).inject)
+    m.configure_model()
+    groups = {g["name"]: g["lr"] for g in m.configure_optimizers().param_groups}
+    assert groups["adapter.signed"] == pytest.approx(signed_rate) and groups["adapter.latent"] == 1e-2
+    assert groups["adapter.amp"] == pytest.approx(1e-2 * (given or {}).get("amp", 1.0))
