@@ -42,6 +42,14 @@ def test_factors_are_the_bump_rows_then_the_signed_rows():
     torch.testing.assert_close(b, torch.cat([bump_b, signed_b]).T)
 
 
+@pytest.mark.parametrize("g", [1, 2, 4])
+def test_its_generated_a_has_full_rank(g):
+    """The nonlinearity is what gives the rank: both parts' rows together are linearly independent (a
+    linear generator would give rank 1 for the bump rows and g - 1 for the signed rows)."""
+    a, _ = layer(m=48, n=40, r=16, group_size=g).factors()
+    assert torch.linalg.matrix_rank(a.detach().double()) == 16
+
+
 def test_its_parts_start_as_the_two_readings_start():
     mixed, g = layer(r=64, group_size=3), 3
     bumps = layer(reading="bumps", r=32, group_size=1)
