@@ -13,12 +13,13 @@ import sys
 from genlora_pl.errors import is_user_error, one_line
 
 USAGE = """\
-usage: python -m genlora_pl {fit,validate,test,predict,export,evaluate,task_file} [options]
+usage: python -m genlora_pl {fit,tune,validate,test,predict,export,evaluate,task_file} [options]
 
 Fine-tune timm and Hugging Face transformers models with GenLoRA adapters.
 
 subcommands:
   fit        train (and validate) a model: --config quickstart.yaml
+  tune       find a config's rates (or any settings) with Optuna: trials of fit, pruned, resumable
   validate   run one validation epoch (with --ckpt_path: of a trained model)
   test       run one test epoch
   predict    write predictions (predictions.jsonl beside the checkpoint's run)
@@ -46,6 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE.replace("@CONFIGS@", "  " + ", ".join(shipped)))
         return 0
     try:
+        if argv[0] == "tune":
+            from genlora_pl.tune.cli import cli as tune_cli
+
+            return tune_cli(argv[1:])
         if argv[0] == "export":
             from genlora_pl.export.cli import cli as export_cli
 

@@ -431,7 +431,9 @@ def _close_process_group() -> None:
         dist.destroy_process_group()
 
 
-def run(args: list[str] | None = None) -> GenLoRACLI:
+def run(args: list[str] | None = None, callbacks: list[Any] | None = None) -> GenLoRACLI:
+    """Parse ``args`` (``sys.argv`` when None) and run the subcommand; ``callbacks`` join the trainer's
+    own (``tune`` adds its pruning callback to each trial's fit this way)."""
     quiet()
     if args is None:
         sys.argv[1:] = resolve_config_names(sys.argv[1:])
@@ -450,6 +452,7 @@ def run(args: list[str] | None = None) -> GenLoRACLI:
             args=args,
             parser_class=Parser,
             auto_configure_optimizers=False,
+            trainer_defaults={"callbacks": callbacks} if callbacks else None,
         )
         _close_process_group()
         return cli

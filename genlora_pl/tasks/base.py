@@ -175,6 +175,10 @@ class AdapterTask(L.LightningModule):
     lower_is_better: ClassVar[tuple[str, ...]] = ()
     #: The splits whose metrics :meth:`build_metrics` makes.
     metric_splits: ClassVar[tuple[str, ...]] = ("train", "val", "test")
+    #: What validation inside ``fit`` logs (``tune`` refuses a metric outside it; empty: not declared).
+    validation_metrics: ClassVar[tuple[str, ...]] = ()
+    #: The metric ``tune`` optimises unless told another.
+    tune_metric: ClassVar[str] = "val/loss"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

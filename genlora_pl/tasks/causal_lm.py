@@ -70,6 +70,9 @@ class CausalLMModule(AdapterTask):
     task: ClassVar[str] = "causal_lm"
     peft_task_type: ClassVar[str | None] = "CAUSAL_LM"
     metric_splits: ClassVar[tuple[str, ...]] = ()  # evaluation sums its own token counts (see _eval_step)
+    # exact match only where validation generates (generate_in_fit, the default)
+    validation_metrics: ClassVar[tuple[str, ...]] = ("val/loss", "val/perplexity", "val/token_acc", "val/exact_match")
+    tune_metric: ClassVar[str] = "val/exact_match"
 
     def __init__(
         self,

@@ -35,6 +35,8 @@ class ClassificationModule(AdapterTask):
 
     task: ClassVar[str] = "classification"
     shaping_hparams: ClassVar[tuple[str, ...]] = ("backbone", "num_classes", "backbone_kwargs", "head_only")
+    validation_metrics: ClassVar[tuple[str, ...]] = ("val/loss", "val/acc", "val/acc_balanced", "val/acc_top5")
+    tune_metric: ClassVar[str] = "val/acc"
 
     def __init__(
         self,

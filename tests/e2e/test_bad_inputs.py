@@ -109,6 +109,11 @@ def workspace(tmp_path_factory) -> Path:
     (folder / "emptydir").mkdir()
     (folder / "full").mkdir()
     (folder / "full" / "keep.txt").write_text("an earlier export\n")
+    import optuna
+
+    (folder / "other_study").mkdir()  # a tune study named "debug", made from another config
+    study = optuna.create_study(storage=f"sqlite:///{folder / 'other_study' / 'study.db'}", study_name="debug")
+    study.set_user_attr("recipe", {"config": {"trainer": {"max_steps": 1000}}, "metric": "val/acc"})
     save_adapter(vit(2, r=8), folder / "adapter")
     shutil.copytree(folder / "adapter", folder / "damaged_adapter")
     damaged = folder / "damaged_adapter" / "adapter_model.safetensors"
