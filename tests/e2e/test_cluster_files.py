@@ -13,6 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SBATCH = sorted((ROOT / "docker" / "slurm").glob("*.sbatch"))
+TUNE_ARRAY = ROOT / "docker" / "slurm" / "tune_array.sbatch"
+FIT_JOBS = [s for s in SBATCH if s != TUNE_ARRAY]  # the training jobs
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 
 
@@ -31,7 +33,7 @@ def test_sbatch_files_parse_and_pass_shellcheck(script):
     assert out.returncode == 0, out.stdout
 
 
-@pytest.mark.parametrize("script", SBATCH, ids=[s.name for s in SBATCH])
+@pytest.mark.parametrize("script", FIT_JOBS, ids=[s.name for s in FIT_JOBS])
 def test_sbatch_counts_match_the_trainer_and_requeue(script):
     text = script.read_text()
     opts = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, re.M))
@@ -41,6 +43,20 @@ def test_sbatch_counts_match_the_trainer_and_requeue(script):
     assert '--trainer.num_nodes "$SLURM_JOB_NUM_NODES"' in text
     assert '--trainer.devices "$SLURM_NTASKS_PER_NODE"' in text
     assert "${SLURM_JOB_ID}" in text  # a requeued job finds its hpc checkpoint in the same folder
+
+
+def test_every_job_script_is_a_fit_job_or_the_tune_array():
+    assert len(FIT_JOBS) >= 3 and set(SBATCH) == {*FIT_JOBS, TUNE_ARRAY}
+
+
+def test_the_tune_array_is_one_worker_per_gpu_on_one_shared_study():
+    text = TUNE_ARRAY.read_text()
+    opts = dict(re.findall(r"^#SBATCH --([\w-]+)=(\S+)", text, re.M))
+    assert opts["ntasks"] == "1" and opts["gpus-per-task"] == "1" and "array" in opts
+    assert "#SBATCH --requeue" in text and "srun python -m genlora_pl tune" in text
+    assert '--storage "journal:$STUDY_DIR/study.journal"' in text and "--trainer.devices 1" in text
+    study_dir = re.search(r"^STUDY_DIR=(.+)$", text, re.M).group(1)
+    assert "SLURM" not in study_dir  # no job or task id: every task of the array joins the same study
 
 
 def test_dockerfile_passes_hadolint():

@@ -185,3 +185,31 @@ def test_sigterm_preemption_saves_last_ckpt_and_the_requeued_job_resumes_from_it
     assert one_run_folder(run_dir) == folder
     last = torch.load(folder / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["global_step"] == step + 2
+
+
+def test_a_tune_job_array_shares_one_study_across_its_tasks(tmp_path):
+    """docker/slurm/tune_array.sbatch as two array tasks at once (each one srun task, on the CPU here):
+    both join the same journal study, which ends with the trial budget finished, each trial run once."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    stand_ins(tmp_path)
+    study_dir = tmp_path / "outputs" / "tune"
+    tasks = []
+    for task in (0, 1):
+        logs = tmp_path / f"logs{task}"
+        logs.mkdir()
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"),
+               "PATH": f"{tmp_path / 'bin'}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+               "TASK_LOGS": str(logs), "CONFIG": str(ROOT / "configs" / "debug.yaml"), "TRIALS": "3",
+               "STUDY_DIR": str(study_dir), "SLURM_NTASKS": "1", "SLURM_ARRAY_JOB_ID": "77",
+               "SLURM_ARRAY_TASK_ID": str(task), "SLURM_JOB_ID": str(78 + task)}  # fmt: skip
+        script = ROOT / "docker" / "slurm" / "tune_array.sbatch"
+        tasks.append(subprocess.Popen(["bash", str(script), "--monitor.plots", "false"], cwd=tmp_path, env=env))
+    for job in tasks:
+        assert job.wait(timeout=900) == 0, (tmp_path / "logs0" / "task0.out").read_text()[-3000:]
+    storage = JournalStorage(JournalFileBackend(str(study_dir / "study.journal")))
+    trials = optuna.load_study(storage=storage, study_name="debug").get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3
+    assert (study_dir / "best.yaml").is_file()
+    assert sorted(p.name for p in study_dir.glob("trial_*")) == ["trial_0", "trial_1", "trial_2"]
