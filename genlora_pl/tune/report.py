@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from genlora_pl.files import atomic_write_text
+from genlora_pl.tune.trial import move_outputs, write_config
 
 
 def value_text(value: Any) -> str:
@@ -70,8 +71,6 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
 def write_best(study: Any, folder: Path, metric: str) -> Path | None:
     """``best.yaml``: the best trial's config, writing under ``folder/best``."""
     from optuna.trial import TrialState
-
-    from genlora_pl.tune.trial import move_outputs, write_config
 
     if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         return None

@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from genlora_pl.adapters.registry import config_class
+
 KINDS = ("loguniform", "uniform", "int", "logint", "choice")
 
 #: Where each adapter rate was picked in benchmarks/quality.yaml's validation sweeps (12 tasks x methods),
@@ -168,8 +170,6 @@ def parse_space(entries: list[str]) -> list[tuple[str, str]]:
 def open_keys(config: dict[str, Any], key: str) -> tuple[str, ...] | None:
     """The keys a free-form mapping of the config may take beyond those it holds: a method's options
     (``adapter.options``) and the rates of ``adapter_lr``; None where the config's own keys are all."""
-    from genlora_pl.adapters.registry import config_class
-
     method = (config.get("adapter") or {}).get("method")
     parent = key.rpartition(".")[0]
     if parent == "adapter.options" and method not in (None, "none"):
@@ -230,8 +230,6 @@ def rate_key(config: dict[str, Any]) -> tuple[str, str]:
     """``(config key, range name)`` of the rate the chosen method trains its adapters at: an entry of
     the ``adapter_lr`` table (the reading's own for GenLoRA), ``adapter_lr`` itself when it is one
     number, or the optimizer's rate without adapters (a full fine-tune, a head-only probe)."""
-    from genlora_pl.adapters.registry import config_class
-
     adapter = config.get("adapter") or {}
     method = adapter.get("method") or "none"
     model = config.get("model", {}).get("init_args", config.get("model", {}))

@@ -20,6 +20,8 @@ from typing import Any
 import yaml
 from lightning.pytorch.callbacks import Callback
 
+from genlora_pl.cli import run
+from genlora_pl.files import atomic_write_text
 from genlora_pl.tune.space import assign, lookup
 
 #: Keys of the resolved config that only say where a run writes: moved per trial, left out of the
@@ -95,8 +97,6 @@ def apply(config: dict[str, Any], values: dict[str, Any], keys: dict[str, str]) 
 
 
 def write_config(config: dict[str, Any], path: Path, header: str) -> None:
-    from genlora_pl.files import atomic_write_text
-
     atomic_write_text(path, f"# {header}\n" + yaml.safe_dump(config, sort_keys=False))
 
 
@@ -122,7 +122,5 @@ def console_to(path: Path) -> Iterator[None]:
 
 def fit(config_path: Path, extra: list[str], callbacks: list[Any]) -> dict[str, float]:
     """Fit the trial's config in this process; the metrics of its last validation."""
-    from genlora_pl.cli import run
-
     cli = run(["fit", "--config", str(config_path), *extra], callbacks=callbacks)
     return {k: float(v) for k, v in cli.trainer.callback_metrics.items() if v.numel() == 1}

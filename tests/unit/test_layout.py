@@ -16,7 +16,7 @@ LAYERS = [
     {"state", "spectra", "backbones", "checkpoints"},
     {"data", "tasks"},
     {"callbacks", "export"},
-    {"cli", "harness"},
+    {"cli", "harness", "tune"},
     {"__main__", "__init__"},
 ]
 # Our modules imported inside a function, each for a reason (the tests below say which).
@@ -27,6 +27,8 @@ LAZY = {
     ("export.cli", "genlora_pl.console"): "export's bad arguments are refused before Lightning and torch load",
     ("export.cli", "genlora_pl.export.checkpoint"): "export's bad arguments are refused before torch loads",
     ("__main__", "genlora_pl.harness"): "--help answers before Lightning and torch are imported",
+    ("__main__", "genlora_pl.tune.cli"): "--help answers before Lightning and torch are imported",
+    ("tune.cli", "genlora_pl.tune.study"): "tune --help and its bad options answer before Lightning and torch load",
     ("compat", "genlora_pl.adapters.genlora"): "the package __init__ installs compat's module redirects before torch",
 }
 
