@@ -238,6 +238,11 @@ def tune(options: argparse.Namespace, fit_args: list[str]) -> int:
         node = lookup(recipe["config"], parent)[1]
         if isinstance(node, dict):
             node.pop(leaf, None)
+    marker = folder / "study_name"  # which study's trials the folder holds: two never share trial_<n>/
+    held = marker.read_text().strip() if marker.is_file() else name
+    if held != name:
+        raise ValueError(f"the output folder {folder} holds the trials of study {held!r}; give study {name!r} "
+                         "another --output_dir.")  # fmt: skip
     made = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -251,6 +256,8 @@ def tune(options: argparse.Namespace, fit_args: list[str]) -> int:
         raise
     if created and start:
         study.enqueue_trial(start)
+    if not marker.is_file():
+        marker.write_text(name + "\n")
     names = [d.name for d in dims]
     distributions = {d.name: d.distribution for d in dims}
     print(f"study {name!r} in {url}: {options.trials} trials, {metric} ({direction}), over "

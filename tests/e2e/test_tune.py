@@ -59,6 +59,9 @@ def test_tune_runs_real_fits_and_best_yaml_reproduces_the_best_trial(tmp_path, c
     assert main(args) == 0  # the same command again: the study is complete, nothing runs
     assert "(earlier)" in capsys.readouterr().out
     assert len(trials_of(f"sqlite:///{out / 'study.db'}")) == 2
+    assert main([*args, "--study_name", "other"]) == 2  # another study would write its trial_0/ over this one's
+    assert capsys.readouterr().err.strip().endswith("holds the trials of study 'debug'; give study 'other' another "
+                                                    "--output_dir.")  # fmt: skip
 
 
 def test_a_space_of_ones_own_over_several_keys(tmp_path):
