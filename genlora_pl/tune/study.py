@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import math
 import shutil
@@ -69,8 +70,7 @@ def resolve(fit_args: list[str]) -> dict[str, Any]:
 
 
 def task_of(config: dict[str, Any]) -> Any:
-    import importlib
-
+    """The task class of the resolved config (a classifier where the model section names none)."""
     path = lookup(config, "model.class_path")[1] or "genlora_pl.tasks.ClassificationModule"
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -78,7 +78,6 @@ def task_of(config: dict[str, Any]) -> Any:
 
 def choose_metric(options: argparse.Namespace, config: dict[str, Any]) -> tuple[str, str]:
     """``(metric, direction)``; a metric the task never logs in validation is refused."""
-
     task = task_of(config)
     metric = options.metric or task.tune_metric
     logged = task.validation_metrics
@@ -106,13 +105,12 @@ def device_flags(config: dict[str, Any]) -> list[str]:
     if many or nodes > 1:
         raise ValueError(f"tune runs each trial on one device, but trainer.devices={devices} and "
                          f"trainer.num_nodes={nodes}; give --trainer.devices 1 and start one worker per GPU "
-                         "(docs/scale-out.md, 'Tuning').")  # fmt: skip
+                         "(docs/scale-out.md, 'Tuning on a cluster').")  # fmt: skip
     return ["--trainer.devices", "1"] if devices in ("auto", None) else []
 
 
 def check_trial_parses(config: dict[str, Any], dims: list[Dimension]) -> None:
     """Parse a trial config with each dimension at its low end (types, choices) before any trial runs."""
-
     probe = {}
     for dim in dims:
         d = dim.distribution
@@ -135,8 +133,16 @@ def contains(dim: Dimension, value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and d.low <= value <= d.high
 
 
-def make_sampler(name: str, seed: int, trials: int) -> Any:
+def shown_url(url: str) -> str:
+    """A storage URL fit for a log: a database password is masked."""
+    if "://" not in url or url.startswith("sqlite"):
+        return url
+    from sqlalchemy.engine import make_url
 
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_sampler(name: str, seed: int, trials: int) -> Any:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "qmc":
@@ -146,7 +152,6 @@ def make_sampler(name: str, seed: int, trials: int) -> Any:
 
 
 def make_pruner(name: str) -> Any:
-
     if name == "none":
         return optuna.pruners.NopPruner()
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
@@ -162,7 +167,6 @@ def on_sigterm(signum: int, frame: Any) -> None:
 def run_trial(study: Any, trial: Any, base: dict[str, Any], dims: list[Dimension], options: argparse.Namespace,
               folder: Path, metric: str, extra: list[str]) -> str:  # fmt: skip
     """Fit one trial and tell the study how it ended; ``"complete"``, ``"pruned"`` or ``"failed"``."""
-
     own = folder / f"trial_{trial.number}"
     own.mkdir(parents=True, exist_ok=True)
     config = move_outputs(apply(base, trial.params, {d.name: d.key for d in dims}), own)
@@ -260,7 +264,7 @@ def tune(options: argparse.Namespace, fit_args: list[str]) -> int:
         marker.write_text(name + "\n")
     names = [d.name for d in dims]
     distributions = {d.name: d.distribution for d in dims}
-    print(f"study {name!r} in {url}: {options.trials} trials, {metric} ({direction}), over "
+    print(f"study {name!r} in {shown_url(url)}: {options.trials} trials, {metric} ({direction}), over "
           + "; ".join(f"{d.name} {d.spec}" for d in dims) + f"\ntrials write into {folder}/trial_<n>/ (fit.log: "
           "each trial's output)")  # fmt: skip
     finished_states = (TrialState.COMPLETE, TrialState.PRUNED)
