@@ -49,6 +49,7 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
     from optuna.visualization import matplotlib as optuna_plots
 
     written = []
@@ -60,6 +61,9 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
             axes = result.flat[0] if hasattr(result, "flat") else result
             figure = axes.get_figure()
             figure.set_size_inches(max(6.4, 4.0 * (result.size if hasattr(result, "size") else 1)), 4.2)
+            for ax in figure.axes:  # a log axis labels its minor ticks too, over each other
+                if ax.get_xscale() == "log":
+                    ax.xaxis.set_minor_formatter(NullFormatter())
             with tempfile.NamedTemporaryFile(suffix=".png", dir=folder, delete=False) as tmp:
                 figure.savefig(tmp.name, dpi=120, bbox_inches="tight")
             shutil.move(tmp.name, folder / f"{name}.png")
