@@ -30,8 +30,9 @@ PATH_KEYS = ("trainer.default_root_dir",)
 
 
 class Pruning(Callback):
-    """Report ``metric`` to the trial at each validation; raise ``TrialPruned`` when the pruner says so
-    (Optuna's own Lightning callback lives in optuna-integration; this is all of it we need)."""
+    """Report ``metric`` to the trial at each validation; raise ``TrialPruned`` when the pruner says so,
+    except at the validation after the last step, which is the trial's score (Optuna's own Lightning
+    callback lives in optuna-integration; this is all of it we need)."""
 
     def __init__(self, trial: Any, metric: str) -> None:
         self.trial = trial
@@ -44,7 +45,8 @@ class Pruning(Callback):
         if not math.isfinite(value):
             return
         self.trial.report(value, step=trainer.global_step)
-        if self.trial.should_prune():
+        finished = trainer.global_step >= trainer.estimated_stepping_batches  # the last validation: its score
+        if not finished and self.trial.should_prune():
             import optuna
 
             raise optuna.TrialPruned(f"{self.metric} {value:.4f} at step {trainer.global_step}")

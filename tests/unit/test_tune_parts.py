@@ -207,7 +207,8 @@ def test_pruning_reports_each_validation_and_stops_a_trial_the_pruner_rejects():
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
     trial = study.ask()
     callback = Pruning(trial, "val/acc")
-    trainer = SimpleNamespace(sanity_checking=True, callback_metrics={"val/acc": torch.tensor(0.1)}, global_step=0)
+    trainer = SimpleNamespace(sanity_checking=True, callback_metrics={"val/acc": torch.tensor(0.1)}, global_step=0,
+                              estimated_stepping_batches=20)  # fmt: skip
     callback.on_validation_end(trainer, None)  # the sanity check's batches are not a score
     trainer.sanity_checking, trainer.global_step = False, 5
     trainer.callback_metrics["val/acc"] = torch.tensor(0.75)
@@ -216,3 +217,6 @@ def test_pruning_reports_each_validation_and_stops_a_trial_the_pruner_rejects():
     with pytest.raises(optuna.TrialPruned, match="val/acc 0.2500 at step 10"):
         callback.on_validation_end(trainer, None)
     assert study.get_trials()[0].intermediate_values == {5: 0.75, 10: 0.25}
+    trainer.global_step, trainer.callback_metrics["val/acc"] = 20, torch.tensor(0.2)
+    callback.on_validation_end(trainer, None)  # the validation after the last step: reported, never pruned
+    assert study.get_trials()[0].intermediate_values[20] == pytest.approx(0.2)
