@@ -233,7 +233,8 @@ def _attribute(name: str) -> Any:
     return read
 
 
-def _loggers(config: Any) -> list[Any]:
+def logger_entries(config: Any) -> list[Any]:
+    """The logger entries (with ``init_args``) of a trainer config, whether it holds one or a list."""
     logger = config.get("logger")
     entries = logger if isinstance(logger, list) else [logger]
     return [e for e in entries if hasattr(e, "get") and e.get("init_args") is not None]
@@ -273,7 +274,7 @@ def requeued_checkpoint(fit: Any) -> str | None:
     job = requeue_id()
     root = Path(fit.trainer.get("default_root_dir") or ".")
     found = sorted(root.glob("hpc_ckpt_*.ckpt"), key=lambda p: int(p.stem.rsplit("_", 1)[-1]))[-1:]
-    for logger in _loggers(fit.trainer):
+    for logger in logger_entries(fit.trainer):
         args = logger.init_args
         folder = (
             Path(args.get("save_dir") or root) / (args.get("name") or "lightning_logs") / (args.get("version") or job)
@@ -370,7 +371,7 @@ class GenLoRACLI(LightningCLI):
             warnings.filterwarnings("ignore", message="The dirpath has changed")
         elif self.subcommand == "fit":
             job = requeue_id()
-            for logger in _loggers(config.trainer) if job else []:
+            for logger in logger_entries(config.trainer) if job else []:
                 if logger.init_args.get("version") is None:  # one folder per job, kept across requeues
                     logger.init_args.version = job
             self._continue_in_run_folder(config)
@@ -381,7 +382,7 @@ class GenLoRACLI(LightningCLI):
         run = run_folder(config.get("ckpt_path"))
         if run is None or not run.is_dir():
             return
-        for logger in _loggers(config.trainer):
+        for logger in logger_entries(config.trainer):
             args = logger.init_args
             root = Path(args.get("save_dir") or ".") / (args.get("name") or "lightning_logs")
             if args.get("version") is None and (root / run.name).absolute().is_dir():

@@ -33,7 +33,13 @@ from genlora_pl.spectra import adapter_diagnostics, adapter_spectra, parameter_r
 
 SPECTRUM_KEYS = ("effective_rank", "stable_rank", "energy_rank", "top_singular_value", "relative_norm")
 # Metric names whose best value is the lowest; a task adds its own with ``lower_is_better``.
-LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "rmse", "error")
+_LOWER_IS_BETTER = ("loss", "perplexity", "mse", "mae", "rmse", "error")
+
+
+def lower_is_better(metric: str, task: Any) -> bool:
+    """Whether ``metric``'s best value is its lowest, by the names above and the task's own
+    (``lower_is_better`` of the task class or module)."""
+    return metric.endswith(_LOWER_IS_BETTER + tuple(getattr(task, "lower_is_better", ())))
 
 
 def summary_scalars(record: dict[str, Any], layers: dict[str, AdapterLayer]) -> dict[str, float]:
@@ -154,8 +160,7 @@ class AdapterMonitor(L.Callback):
             return
         for key, value in trainer.callback_metrics.items():
             if key.startswith("val/") and value.numel() == 1:
-                lower = LOWER_IS_BETTER + tuple(getattr(pl_module, "lower_is_better", ()))
-                pick = min if key.endswith(lower) else max
+                pick = min if lower_is_better(key, pl_module) else max
                 self.best[key] = pick(self.best.get(key, float(value)), float(value))
 
     # ----------------------------------------------------------------- end of fit
@@ -239,7 +244,7 @@ class AdapterMonitor(L.Callback):
         chance = getattr(pl_module, "chance_level", dict)()
         best = results.get("best", {})
         for key, level in chance.items():
-            if key in best and not key.endswith(LOWER_IS_BETTER) and best[key] <= level + 0.02:
+            if key in best and not key.endswith(_LOWER_IS_BETTER) and best[key] <= level + 0.02:
                 loss = best.get("val/loss")
                 out.append(
                     f"validation stayed at chance: best {key} {best[key]:.4f}, chance {level:.4f}"

@@ -5,15 +5,14 @@ each swept value), drawn by Optuna's own matplotlib plots."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from genlora_pl.files import atomic_write_text
+from genlora_pl.files import atomic_write, atomic_write_text
 from genlora_pl.tune.trial import move_outputs, write_config
 
 
@@ -64,9 +63,7 @@ def write_plots(study: Any, folder: Path, metric: str) -> list[Path]:
             for ax in figure.axes:  # a log axis labels its minor ticks too, over each other
                 if ax.get_xscale() == "log":
                     ax.xaxis.set_minor_formatter(NullFormatter())
-            with tempfile.NamedTemporaryFile(suffix=".png", dir=folder, delete=False) as tmp:
-                figure.savefig(tmp.name, dpi=120, bbox_inches="tight")
-            shutil.move(tmp.name, folder / f"{name}.png")
+            atomic_write(folder / f"{name}.png", partial(figure.savefig, format="png", dpi=120, bbox_inches="tight"))
             plt.close(figure)
             written.append(folder / f"{name}.png")
     return written

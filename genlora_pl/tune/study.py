@@ -21,11 +21,11 @@ from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
 from genlora_pl.callbacks.faults import TrainingDiverged
-from genlora_pl.callbacks.monitor import LOWER_IS_BETTER
+from genlora_pl.callbacks.monitor import lower_is_better
 from genlora_pl.cli import run
 from genlora_pl.console import quiet
 from genlora_pl.errors import is_user_error, one_line
-from genlora_pl.tune.report import header, row, write_best, write_csv, write_plots
+from genlora_pl.tune.report import header, row, value_text, write_best, write_csv, write_plots
 from genlora_pl.tune.space import Dimension, build_space, default_space, lookup, parse_space
 from genlora_pl.tune.storage import (
     Heartbeat,
@@ -36,7 +36,6 @@ from genlora_pl.tune.storage import (
     storage_url,
 )
 from genlora_pl.tune.trial import (
-    PATH_KEYS,
     Pruning,
     apply,
     console_to,
@@ -87,8 +86,7 @@ def choose_metric(options: argparse.Namespace, config: dict[str, Any]) -> tuple[
     if metric == "val/exact_match" and lookup(config, "model.init_args.generate_in_fit")[1] is False:
         raise ValueError("--metric val/exact_match needs generation in validation, but model.generate_in_fit "
                          "is false; set it true or choose val/loss or val/token_acc.")  # fmt: skip
-    lower = metric.endswith(LOWER_IS_BETTER + tuple(getattr(task, "lower_is_better", ())))
-    return metric, options.direction or ("minimize" if lower else "maximize")
+    return metric, options.direction or ("minimize" if lower_is_better(metric, task) else "maximize")
 
 
 def device_flags(config: dict[str, Any]) -> list[str]:
@@ -223,7 +221,7 @@ def tune(options: argparse.Namespace, fit_args: list[str]) -> int:
     check_trial_parses(base, dims)
     config_file = next(fit_args[i + 1] if a == "--config" else a.split("=", 1)[1]
                        for i, a in enumerate(fit_args) if a == "--config" or a.startswith("--config="))  # fmt: skip
-    root = Path(lookup(base, PATH_KEYS[0])[1] or "outputs")
+    root = Path(lookup(base, "trainer.default_root_dir")[1] or "outputs")
     folder = Path(options.output_dir or root / "tune")
     name = options.study_name or Path(config_file).stem
     url = storage_url(options.storage, folder)
@@ -298,7 +296,7 @@ def tune(options: argparse.Namespace, fit_args: list[str]) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         bar.close()
-        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+        if study.get_trials(deepcopy=False):  # failed and pruned trials too: their reasons are in it
             write_csv(study, folder / "trials.csv")
     waiting = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     best_path = write_best(study, folder, metric)
@@ -309,7 +307,7 @@ def tune(options: argparse.Namespace, fit_args: list[str]) -> int:
     best = study.best_trial
     print(
         f"best: trial {best.number}, {metric} {best.value:.4f} with "
-        + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in best.params.items())
+        + ", ".join(f"{k}={value_text(v)}" for k, v in best.params.items())
     )
     print(f"wrote {folder}/trials.csv, history.png, params.png and {best_path}: python -m genlora_pl fit --config "
           f"{best_path}")  # fmt: skip

@@ -20,13 +20,9 @@ from typing import Any
 import yaml
 from lightning.pytorch.callbacks import Callback
 
-from genlora_pl.cli import run
+from genlora_pl.cli import logger_entries, run
 from genlora_pl.files import atomic_write_text
 from genlora_pl.tune.space import assign, lookup
-
-#: Keys of the resolved config that only say where a run writes: moved per trial, left out of the
-#: study's recipe.
-PATH_KEYS = ("trainer.default_root_dir",)
 
 
 class Pruning(Callback):
@@ -52,12 +48,6 @@ class Pruning(Callback):
             raise optuna.TrialPruned(f"{self.metric} {value:.4f} at step {trainer.global_step}")
 
 
-def loggers(config: dict[str, Any]) -> list[dict[str, Any]]:
-    logger = lookup(config, "trainer.logger")[1]
-    entries = logger if isinstance(logger, list) else [logger]
-    return [e for e in entries if isinstance(e, dict) and isinstance(e.get("init_args"), dict)]
-
-
 def checkpoint_callbacks(config: dict[str, Any]) -> list[dict[str, Any]]:
     callbacks = lookup(config, "trainer.callbacks")[1] or []
     return [c for c in callbacks if isinstance(c, dict) and str(c.get("class_path", "")).endswith("ModelCheckpoint")]
@@ -68,7 +58,7 @@ def move_outputs(config: dict[str, Any], folder: Path) -> dict[str, Any]:
     ``save_dir`` and any checkpoint ``dirpath``."""
     out = yaml.safe_load(yaml.safe_dump(config))
     assign(out, "trainer.default_root_dir", str(folder))
-    for logger in loggers(out):
+    for logger in logger_entries(out.get("trainer") or {}):
         if "save_dir" in logger["init_args"]:
             logger["init_args"]["save_dir"] = str(folder)
     for callback in checkpoint_callbacks(out):
